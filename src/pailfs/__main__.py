@@ -1,0 +1,3 @@
+from pailfs.cli import main
+
+main()

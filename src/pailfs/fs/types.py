@@ -1,0 +1,145 @@
+"""What the file system core offers a front end (the FUSE layer, or a test).
+
+The core works with inode numbers and names, like the kernel, and knows
+nothing of the FUSE protocol. Each call has two forms:
+
+* `cached_*` — the hot path. Answers from memory only, never blocks, never does
+  I/O, and returns None on a miss. The front end calls it inline in the thread
+  that read the request.
+* the coroutine of the same name — the cold path, run on the core's asyncio
+  loop; it may ask the store.
+
+Errors are raised as pailfs.errors exceptions; the front end maps them to
+errnos with pailfs.errors.errno_of. Names are str (S3 keys are UTF-8); a name
+that is not valid UTF-8 is refused by the front end with EINVAL.
+
+Reference counting follows the kernel: every time the front end hands an
+entry (an Attr with a nonzero ino) to the kernel — LOOKUP, READDIRPLUS,
+CREATE, MKDIR, SYMLINK — it calls `ref(ino)` once; FORGET calls `forget`.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+from typing import Protocol
+
+ROOT_INO = 1
+
+
+@dataclass(slots=True)
+class Attr:
+    ino: int
+    size: int
+    mode: int  # includes the file type bits (S_IFREG, S_IFDIR, S_IFLNK)
+    uid: int
+    gid: int
+    mtime: float
+    nlink: int = 1
+    ctime: float | None = None  # None: same as mtime
+    atime: float | None = None  # None: same as mtime
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+
+@dataclass(slots=True)
+class StatFs:
+    blocks: int = 1 << 40
+    bfree: int = 1 << 40
+    bavail: int = 1 << 40
+    files: int = 1 << 32
+    ffree: int = 1 << 32
+    bsize: int = 4096
+    namelen: int = 1024
+    frsize: int = 4096
+
+
+@dataclass(slots=True)
+class SetAttr:
+    """Fields of a SETATTR; None means 'leave as is'."""
+
+    size: int | None = None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    atime: float | None = None
+    mtime: float | None = None
+
+
+class FileSystemOps(Protocol):
+    # --- properties the front end reads once at mount ------------------------
+    read_only: bool          # True: answer OPEN/OPENDIR with ENOSYS (zero-message opens)
+    entry_timeout: float     # seconds the kernel may cache a name -> inode
+    attr_timeout: float      # seconds the kernel may cache attributes
+    negative_timeout: float  # seconds the kernel may cache "no such name" (0 = don't)
+    keep_cache: bool         # rw mounts: set FOPEN_KEEP_CACHE on OPEN replies
+
+    # --- hot path: memory only, None on a miss --------------------------------
+    def cached_lookup(self, parent: int, name: str) -> Attr | None:
+        """Raises NotFound when the name is known (negatively cached) to be absent."""
+
+    def cached_getattr(self, ino: int) -> Attr | None: ...
+
+    def cached_readdir(self, ino: int) -> list[tuple[str, Attr]] | None:
+        """All entries of a directory (without '.' and '..'), in a stable order."""
+
+    def cached_read(self, ino: int, offset: int, size: int) -> bytes | None: ...
+
+    # --- cold path: coroutines on the core's loop -----------------------------
+    async def lookup(self, parent: int, name: str) -> Attr: ...
+
+    async def getattr(self, ino: int) -> Attr: ...
+
+    async def readdir(self, ino: int) -> list[tuple[str, Attr]]: ...
+
+    async def read(self, ino: int, offset: int, size: int) -> bytes:
+        """Up to size bytes at offset; fewer only at end of file."""
+
+    async def statfs(self) -> StatFs: ...
+
+    async def getxattr(self, ino: int, name: str) -> bytes:
+        """Extended attribute value; NotSupported (ENODATA in FUSE terms) if absent."""
+
+    async def listxattr(self, ino: int) -> list[str]: ...
+
+    # --- reference counting -----------------------------------------------------
+    def ref(self, ino: int) -> None: ...
+
+    def forget(self, ino: int, nlookup: int) -> None: ...
+
+    # --- read-write (read_only mounts raise ReadOnly) -------------------------
+    async def open(self, ino: int, flags: int) -> int:
+        """Returns a file handle (nonzero)."""
+
+    async def create(self, parent: int, name: str, mode: int, flags: int) -> tuple[Attr, int]: ...
+
+    async def write(self, ino: int, fh: int, offset: int, data: bytes) -> int: ...
+
+    async def read_handle(self, ino: int, fh: int, offset: int, size: int) -> bytes:
+        """READ on an opened handle (rw mounts; sees the handle's own writes)."""
+
+    async def flush(self, ino: int, fh: int) -> None: ...
+
+    async def fsync(self, ino: int, fh: int, datasync: bool) -> None: ...
+
+    async def release(self, ino: int, fh: int) -> None: ...
+
+    async def setattr(self, ino: int, fh: int | None, changes: SetAttr) -> Attr: ...
+
+    async def mkdir(self, parent: int, name: str, mode: int) -> Attr: ...
+
+    async def unlink(self, parent: int, name: str) -> None: ...
+
+    async def rmdir(self, parent: int, name: str) -> None: ...
+
+    async def rename(self, parent: int, name: str, new_parent: int, new_name: str, flags: int) -> None: ...
+
+    async def symlink(self, parent: int, name: str, target: str) -> Attr: ...
+
+    async def readlink(self, ino: int) -> str: ...
+
+    async def setxattr(self, ino: int, name: str, value: bytes, flags: int) -> None: ...
+
+    async def removexattr(self, ino: int, name: str) -> None: ...

@@ -1,0 +1,139 @@
+"""The object-store contract every store implements (S3, local directory, wrappers).
+
+Keys are relative to the store's root prefix and use '/' as separator. A key
+ending in '/' is a directory marker object. All methods are coroutines on the
+caller's event loop; implementations raise only pailfs.errors.StoreError and
+its subclasses (NotFound, NoSuchBucket, AccessDenied, StoreUnavailable).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Callable, Mapping
+
+# Called with the number of bytes just transferred (for progress bars).
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a HEAD or a LIST entry says about one object."""
+
+    key: str
+    size: int
+    mtime: float  # seconds since the epoch
+    etag: str | None = None
+    # user metadata (x-amz-meta-*, lower-case names without the prefix);
+    # None when the source does not carry it (LIST results)
+    metadata: Mapping[str, str] | None = None
+
+    @property
+    def is_dir_marker(self) -> bool:
+        return self.key.endswith("/")
+
+
+@dataclass(slots=True)
+class Listing:
+    """One page (or all pages) of a LIST: objects, and common prefixes ending in '/'."""
+
+    objects: list[ObjectInfo] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """Request counters of one store, shown by `pailfs stats`."""
+
+    requests: Counter = field(default_factory=Counter)
+    bytes_down: int = 0
+    bytes_up: int = 0
+    errors: int = 0
+
+    def as_dict(self) -> dict:
+        return {"requests": dict(self.requests), "bytes_down": self.bytes_down,
+                "bytes_up": self.bytes_up, "errors": self.errors}
+
+
+class ObjectStore(abc.ABC):
+    """A bucket (or a prefix of one) seen as a flat key space."""
+
+    #: human-readable location without secrets, e.g. "s3://bucket/prefix"
+    url: str
+
+    def __init__(self) -> None:
+        self.stats = StoreStats()
+
+    # --- reads -----------------------------------------------------------
+    @abc.abstractmethod
+    async def head(self, key: str) -> ObjectInfo:
+        """Attributes of one object, with user metadata. NotFound if absent."""
+
+    @abc.abstractmethod
+    async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        """The object's bytes, or bytes [start, end) of it. A range past the end is clipped."""
+
+    @abc.abstractmethod
+    def list_pages(self, prefix: str = "", delimiter: str | None = None) -> AsyncIterator[Listing]:
+        """LIST under prefix, page by page (keys in lexicographic order).
+
+        With delimiter '/', keys below the next '/' are rolled up into prefixes
+        (each ending in '/'), and a directory marker 'prefix/' itself is returned
+        as an object. Without a delimiter every key under the prefix is listed.
+        """
+
+    async def list(self, prefix: str = "", delimiter: str | None = None) -> Listing:
+        """All pages of list_pages, joined."""
+        out = Listing()
+        async for page in self.list_pages(prefix, delimiter):
+            out.objects.extend(page.objects)
+            out.prefixes.extend(page.prefixes)
+        return out
+
+    async def get_file(self, key: str, path: str | Path, progress: ProgressFn | None = None) -> ObjectInfo:
+        """Download to a local file (parallel ranged GETs for large objects)."""
+        info = await self.head(key)
+        data = await self.get(key)
+        Path(path).write_bytes(data)
+        if progress:
+            progress(len(data))
+        return info
+
+    # --- writes ----------------------------------------------------------
+    @abc.abstractmethod
+    async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        """Create or replace an object atomically."""
+
+    @abc.abstractmethod
+    async def put_file(self, key: str, path: str | Path, metadata: Mapping[str, str] | None = None,
+                       progress: ProgressFn | None = None) -> ObjectInfo:
+        """Upload a local file; multipart above multipart_size with parallel_count parts
+        in flight. The object appears only when complete; a failure leaves no object."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Delete one object; deleting an absent key is not an error."""
+
+    async def delete_many(self, keys: list[str]) -> None:
+        for key in keys:
+            await self.delete(key)
+
+    @abc.abstractmethod
+    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> None:
+        """Server-side copy; with metadata, the copy gets that metadata instead."""
+
+    # --- lifecycle -------------------------------------------------------
+    async def check(self) -> None:
+        """Fail fast with NoSuchBucket / AccessDenied / StoreUnavailable (one cheap LIST)."""
+        async for _ in self.list_pages("", "/"):
+            break
+
+    async def close(self) -> None:
+        return None
+
+    def _count(self, kind: str, down: int = 0, up: int = 0) -> None:
+        self.stats.requests[kind] += 1
+        self.stats.bytes_down += down
+        self.stats.bytes_up += up
