@@ -100,6 +100,10 @@ class TooManyObjects(FsError):
     """A directory rename would copy more objects than `dir_rename_limit`."""
 
 
+class NoSuchAttribute(FsError):
+    """No extended attribute of that name."""
+
+
 class MountError(PailfsError):
     """The mount could not be set up (mountpoint, /dev/fuse, fusermount3...)."""
 
@@ -129,6 +133,7 @@ ERRNO_TABLE: dict[type[BaseException], int] = {
     CrossDevice: errno.EXDEV,
     NotSupported: errno.EOPNOTSUPP,
     TooManyObjects: errno.EMLINK,
+    NoSuchAttribute: errno.ENODATA,
     FileNotFoundError: errno.ENOENT,
     TimeoutError: errno.EIO,
 }

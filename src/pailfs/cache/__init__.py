@@ -1,0 +1,1 @@
+"""Caches below the file system core: stat (metadata), memory data, prefetch, disk."""

@@ -1,0 +1,165 @@
+"""Data caches: whole small objects in memory, and a sequential prefetcher for large ones.
+
+Both run on the file system's loop; their `cached()` methods are called from the
+FUSE reader thread and only read completed futures / immutable bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Awaitable, Callable, Hashable
+
+MiB = 1024 * 1024
+
+FetchRange = Callable[[int, int], Awaitable[bytes]]  # (start, end) -> bytes [start, end)
+
+
+class MemoryCache:
+    """Whole objects by key, LRU, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable) -> bytes | None:
+        data = self._items.get(key)
+        if data is not None:
+            self.hits += 1
+        return data
+
+    def put(self, key: Hashable, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.used -= len(old)
+        self._items[key] = data
+        self.used += len(data)
+        while self.used > self.max_bytes:
+            _, victim = self._items.popitem(last=False)
+            self.used -= len(victim)
+
+    def touch(self, key: Hashable) -> None:
+        if key in self._items:
+            self._items.move_to_end(key)
+
+    def discard(self, key: Hashable) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.used -= len(old)
+
+
+class Prefetcher:
+    """Reads one large object in chunks, with a readahead window that doubles on
+    sequential reads (up to max_window bytes) and resets on a seek.
+
+    Consecutive missing chunks are fetched by one ranged GET of up to
+    `group` chunks; at most `parallel` GETs are in flight for this object.
+    Chunks behind the reader are dropped, so memory stays within the window.
+    """
+
+    def __init__(self, fetch: FetchRange, size: int, chunk_size: int = MiB, max_window: int = 64 * MiB,
+                 parallel: int = 20, group: int = 8) -> None:
+        self.fetch = fetch
+        self.size = size
+        self.chunk_size = chunk_size
+        self.max_window_chunks = max(1, max_window // chunk_size)
+        self.group = group
+        self._sem = asyncio.Semaphore(parallel)
+        self.chunks: dict[int, asyncio.Future[bytes]] = {}
+        self.window = 1
+        self.next_offset = 0
+
+    def cached(self, offset: int, size: int) -> bytes | None:
+        """The bytes if every chunk they need is already here (reader thread)."""
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        cs = self.chunk_size
+        pieces = []
+        for idx in range(offset // cs, (end - 1) // cs + 1):
+            fut = self.chunks.get(idx)
+            if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
+                return None
+            pieces.append(fut.result())
+        return _slice(pieces, offset - (offset // cs) * cs, end - offset)
+
+    async def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        cs = self.chunk_size
+        first, last = offset // cs, (end - 1) // cs
+        if offset == self.next_offset or (first in self.chunks and offset > self.next_offset - 4 * cs):
+            self.window = min(self.window * 2, self.max_window_chunks)
+        else:
+            self.window = 1
+        last_chunk = (self.size - 1) // cs
+        self._schedule(first, min(last + self.window, last_chunk))
+        for idx in [i for i in self.chunks if i < first - 1]:
+            del self.chunks[idx]  # behind the reader
+        needed = [self.chunks[i] for i in range(first, last + 1)]
+        try:
+            pieces = [await fut for fut in needed]
+        except BaseException:
+            for i in range(first, last + 1):  # let the next read retry
+                fut = self.chunks.get(i)
+                if fut is not None and fut.done() and (fut.cancelled() or fut.exception() is not None):
+                    del self.chunks[i]
+            raise
+        self.next_offset = end
+        return _slice(pieces, offset - first * cs, end - offset)
+
+    def _schedule(self, first: int, last: int) -> None:
+        loop = asyncio.get_running_loop()
+        run: list[int] = []
+        for idx in range(first, last + 1):
+            if idx in self.chunks:
+                self._start(run)
+                continue
+            self.chunks[idx] = loop.create_future()
+            run.append(idx)
+            if len(run) == self.group:
+                self._start(run)
+        self._start(run)
+
+    def _start(self, run: list[int]) -> None:
+        if run:
+            futures = [self.chunks[i] for i in run]
+            asyncio.get_running_loop().create_task(self._fetch(run[0], run[-1], futures))
+            run.clear()
+
+    async def _fetch(self, first: int, last: int, futures: list[asyncio.Future[bytes]]) -> None:
+        cs = self.chunk_size
+        try:
+            async with self._sem:
+                data = await self.fetch(first * cs, min((last + 1) * cs, self.size))
+        except BaseException as exc:  # every waiter sees the failure
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()  # mark retrieved: a dropped chunk must not warn
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        view = memoryview(data)
+        for n, fut in enumerate(futures):
+            if not fut.done():
+                fut.set_result(bytes(view[n * cs:(n + 1) * cs]))
+
+    def close(self) -> None:
+        for fut in self.chunks.values():
+            if not fut.done():
+                fut.cancel()
+        self.chunks.clear()
+
+
+def _slice(pieces: list[bytes], start: int, length: int) -> bytes:
+    if len(pieces) == 1:
+        piece = pieces[0]
+        return piece if start == 0 and length == len(piece) else piece[start:start + length]
+    return b"".join(pieces)[start:start + length]

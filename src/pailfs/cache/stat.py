@@ -1,0 +1,80 @@
+"""The stat cache policy: how many metadata entries are trusted, and for how long.
+
+Entries are the file system's own inode objects (anything with `expires` and
+`used` attributes), so the cache costs no extra mapping per entry: it keeps a
+count, and when the count passes the bound it sweeps the population the owner
+hands it and evicts the least recently used ~10 %. `used` is a clock tick
+stamped on each use (an attribute store: cheap on the hot path); eviction is
+amortised O(log n) per admission.
+
+Thread-safety: admit/forget/sweep run on the file system's loop thread only;
+the hot path (reader thread) only reads `expires` and writes `used`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterable, Protocol
+
+
+class Cached(Protocol):
+    expires: float
+    used: int
+
+
+class StatCache:
+    def __init__(self, capacity: int, ttl: float, population: Callable[[], Iterable[Cached]],
+                 on_evict: Callable[[Cached], None]) -> None:
+        self.capacity = capacity
+        self.ttl = math.inf if ttl < 0 else float(ttl)
+        self._population = population
+        self._on_evict = on_evict
+        self.count = 0
+        self.tick = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.capacity > 0 and self.ttl > 0
+
+    def admit(self, entry: Cached, now: float | None = None) -> None:
+        """Trust entry's attributes for ttl seconds from now."""
+        if not self.enabled:
+            entry.expires = 0.0
+            return
+        if entry.expires == 0.0:
+            self.count += 1
+        now = time.monotonic() if now is None else now
+        entry.expires = now + self.ttl
+        self.tick += 1
+        entry.used = self.tick
+        if self.count > self.capacity:
+            self._sweep()
+
+    def forget(self, entry: Cached) -> None:
+        """Stop trusting entry (changed, deleted, or evicted)."""
+        if entry.expires != 0.0:
+            entry.expires = 0.0
+            self.count -= 1
+
+    @staticmethod
+    def valid(entry: Cached, now: float) -> bool:
+        return entry.expires > now
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        cached = [e for e in self._population() if e.expires != 0.0]
+        self.count = len(cached)
+        target = int(self.capacity * 0.9)
+        if self.count <= target:
+            return
+        # expired entries go first, then least recently used
+        cached.sort(key=lambda e: (e.expires > now, e.used))
+        for entry in cached[: self.count - target]:
+            entry.expires = 0.0
+            self.evictions += 1
+            self._on_evict(entry)
+        self.count = target

@@ -1,0 +1,96 @@
+"""Inodes of the object file system.
+
+A Node is both the inode and the Attr the front end packs (it has the same
+attribute names as pailfs.fs.types.Attr), so answering a cached GETATTR or a
+READDIRPLUS entry allocates nothing. Nodes are kept compact (slots, shared
+defaults) because one exists per cached stat entry.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Presentation:
+    """How objects are shown: owner and default modes (one per file system)."""
+
+    uid: int
+    gid: int
+    file_mode: int  # permission bits for objects without mode metadata
+    dir_mode: int
+    root_mode: int
+
+
+class Node:
+    __slots__ = ("ino", "parent", "name", "is_dir", "size", "mtime", "etag", "expires",
+                 "nlookup", "children", "listed_until", "entries", "meta", "look", "used")
+
+    def __init__(self, ino: int, parent: "Node | None", name: str, is_dir: bool, look: Presentation,
+                 size: int = 0, mtime: float = 0.0, etag: str | None = None) -> None:
+        self.ino = ino
+        self.parent = parent
+        self.name = name
+        self.is_dir = is_dir
+        self.size = size
+        self.mtime = mtime
+        self.etag = etag
+        self.expires = 0.0        # attributes trusted until (monotonic); 0 = ask the store
+        self.nlookup = 0          # references the kernel holds
+        self.children: dict[str, Node] | None = {} if is_dir else None
+        self.listed_until = 0.0   # dirs: children is the complete listing until then
+        self.entries: list[tuple[str, Node]] | None = None  # dirs: readdir answer, built lazily
+        self.meta: tuple[int | None, int | None, int | None] | None = None  # (mode, uid, gid) from object metadata
+        self.look = look
+        self.used = 0             # stat-cache clock tick of the last use
+
+    # --- the Attr protocol ------------------------------------------------
+    @property
+    def mode(self) -> int:
+        meta_mode = self.meta[0] if self.meta else None
+        if self.is_dir:
+            perm = self.look.root_mode if self.parent is None else self.look.dir_mode
+            return stat.S_IFDIR | (perm if meta_mode is None else meta_mode & 0o7777)
+        if meta_mode is not None and stat.S_IFMT(meta_mode) == stat.S_IFLNK:
+            return meta_mode
+        return stat.S_IFREG | (self.look.file_mode if meta_mode is None else meta_mode & 0o7777)
+
+    @property
+    def uid(self) -> int:
+        return self.meta[1] if self.meta and self.meta[1] is not None else self.look.uid
+
+    @property
+    def gid(self) -> int:
+        return self.meta[2] if self.meta and self.meta[2] is not None else self.look.gid
+
+    @property
+    def nlink(self) -> int:
+        return 2 if self.is_dir else 1
+
+    @property
+    def ctime(self) -> float:
+        return self.mtime
+
+    @property
+    def atime(self) -> float:
+        return self.mtime
+
+    # --- keys ---------------------------------------------------------------
+    def key(self) -> str:
+        """The store key of a file, or the prefix (ending in '/') of a directory; '' for the root."""
+        parts: list[str] = []
+        node: Node | None = self
+        while node is not None and node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        if not parts:
+            return ""
+        path = "/".join(reversed(parts))
+        return path + "/" if self.is_dir else path
+
+    def child_key(self, name: str) -> str:
+        return self.key() + name
+
+    def __repr__(self) -> str:
+        return f"Node({self.ino}, {self.key()!r})"
