@@ -5,9 +5,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEBS   := fuse3 s3fs
 
-.PHONY: setup debs venv demo test bench clean
+.PHONY: setup debs venv helper demo test bench clean
 
-setup: debs venv
+setup: debs venv helper
+
+# mount(8) runs /sbin/mount.fuse.pailfs for `mount -t fuse.pailfs` and fstab entries.
+helper: venv
+	@if [ "$$(id -u)" = 0 ] && [ -d /sbin ]; then ln -sf "$(CURDIR)/$(BIN)/mount.pailfs" /sbin/mount.fuse.pailfs; fi
 
 # Debian packages: fusermount3 for non-root mounts, s3fs-fuse as a benchmark peer.
 debs:

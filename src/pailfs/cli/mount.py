@@ -1,0 +1,228 @@
+"""`pailfs mount`, `pailfs umount`, `pailfs stats`, `pailfs warmup`.
+
+Without -f the command starts the mount in a new session (a child running
+`pailfs mount -f --ready-fd N`) and returns only when the child reports the
+mount answers (exit 0) or reports why it failed (exit 1, one line). The
+child does every check — options, mountpoint, bucket, credentials — before it
+mounts, so a failure never leaves a half-mounted directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pailfs import config
+from pailfs.cli import app
+from pailfs.errors import MountError, PailfsError
+
+log = logging.getLogger(__name__)
+
+MOUNT_HELP = "Mount options, ossfs style (-o ro,kernel_cache,umask=022). Options:\n\n" + config.options_help()
+
+
+def _report(fd: int | None, message: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, message.encode()[:4000])
+        os.close(fd)
+    except OSError:
+        pass
+
+
+@app.command(help="Mount a bucket (BUCKET[:/PATH] or s3://BUCKET/PATH) on MOUNTPOINT.",
+             epilog="Options (-o): " + config.valid_names())
+def mount(source: str = typer.Argument(..., help="BUCKET[:/PATH], s3://BUCKET/PATH or file:///DIR"),
+          mountpoint: Path = typer.Argument(..., help="An existing, empty directory."),
+          option: list[str] = typer.Option([], "-o", "--option", help=MOUNT_HELP),
+          foreground: bool = typer.Option(False, "-f", "--foreground", help="Stay in the foreground."),
+          ready_fd: Optional[int] = typer.Option(None, "--ready-fd", hidden=True)) -> None:
+    try:
+        opts = config.parse_options(option)
+    except PailfsError as exc:
+        _report(ready_fd, f"error: {exc}")
+        raise
+    if not foreground:
+        _spawn_and_wait(source, mountpoint, option, opts)
+        return
+    _run_foreground(source, mountpoint, opts, ready_fd)
+
+
+def _spawn_and_wait(source: str, mountpoint: Path, option: list[str], opts: config.Options) -> None:
+    read_end, write_end = os.pipe()
+    args = [sys.executable, "-m", "pailfs", "mount", source, str(mountpoint), "-f", "--ready-fd", str(write_end)]
+    for spec in option:
+        args += ["-o", spec]
+    log_target = subprocess.DEVNULL
+    if opts.logfile:
+        log_target = open(opts.logfile, "ab")
+    try:
+        child = subprocess.Popen(args, pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=log_target,
+                                 stderr=log_target, start_new_session=True, close_fds=True)
+    finally:
+        os.close(write_end)
+        if opts.logfile:
+            log_target.close()  # type: ignore[union-attr]
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode(errors="replace").strip()
+    if answer == "ok":
+        return
+    if not answer:
+        code = child.wait(timeout=30)
+        answer = f"error: the mount process exited with status {code} before the mount was ready"
+    raise MountError(answer.removeprefix("error: "))
+
+
+def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_fd: int | None) -> None:
+    from pailfs.fs.core import ObjectFileSystem
+    from pailfs.fuse import FuseMount, check_mountpoint
+    from pailfs.store import open_store
+
+    logging.getLogger().setLevel(logging.DEBUG if opts.debug else logging.INFO)
+    loop = asyncio.new_event_loop()
+    loop_thread = threading.Thread(target=loop.run_forever, name="pailfs-loop", daemon=True)
+    loop_thread.start()
+
+    def on_loop(coro, timeout=None):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    fs = None
+    try:
+        try:
+            check_mountpoint(str(mountpoint), nonempty=opts.nonempty)
+            store = open_store(source, opts)
+            on_loop(store.check(), timeout=opts.connect_timeout + opts.readwrite_timeout + 5)
+
+            async def build():
+                fs = ObjectFileSystem(store, opts)
+                fs.attach_loop(asyncio.get_running_loop())
+                if opts.use_cache:
+                    from pailfs.cache.disk import DiskCache
+                    fs.disk_cache = DiskCache(opts.use_cache, opts.max_cache_size * 1024 * 1024)
+                return fs
+
+            fs = on_loop(build())
+            session = FuseMount(fs, str(mountpoint), loop, fsname=source, read_only=opts.read_only,
+                                allow_other=opts.allow_other, debug=opts.debug)
+            session.mount()
+        except PailfsError as exc:
+            _report(ready_fd, f"error: {exc}")
+            raise
+        except Exception as exc:  # unexpected: still one line to the waiting parent
+            _report(ready_fd, f"error: {type(exc).__name__}: {exc}")
+            raise
+
+        def stop(signum, frame):
+            log.info("signal %d: unmounting %s", signum, mountpoint)
+            session.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        _report(ready_fd, "ok")
+        log.info("mounted %s on %s", source, mountpoint)
+        session.serve()  # until unmounted
+    finally:
+        if fs is not None:
+            try:
+                on_loop(fs.close(), timeout=600)
+            except Exception as exc:  # noqa: BLE001 - report, then go on shutting down
+                log.error("while closing: %s", exc)
+        loop.call_soon_threadsafe(loop.stop)
+        loop_thread.join(timeout=5)
+
+
+@app.command(help="Unmount a pailfs mount (also a dead one: 'Transport endpoint is not connected').")
+def umount(mountpoint: Path = typer.Argument(...),
+           lazy: bool = typer.Option(False, "-l", "--lazy", help="Detach now, clean up when no longer busy.")) -> None:
+    from pailfs.fuse import unmount
+
+    unmount(str(mountpoint), lazy=lazy)
+
+
+def read_stats(mountpoint: Path) -> dict:
+    from pailfs.fs.core import STATS_XATTR
+
+    try:
+        raw = os.getxattr(str(mountpoint), STATS_XATTR)
+    except OSError as exc:
+        raise MountError(f"{mountpoint} is not a live pailfs mount ({exc.strerror})") from None
+    return json.loads(raw)
+
+
+@app.command(help="Requests, bytes and cache hits of a live mount.")
+def stats(mountpoint: Path = typer.Argument(...),
+          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    data = read_stats(mountpoint)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    table = Table(title=f"pailfs stats: {mountpoint}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for kind, count in sorted(data["store"]["requests"].items()):
+        table.add_row(f"store {kind} requests", str(count))
+    table.add_row("bytes downloaded", f"{data['store']['bytes_down']:,}")
+    table.add_row("bytes uploaded", f"{data['store']['bytes_up']:,}")
+    table.add_row("store errors", str(data["store"]["errors"]))
+    for section in ("stat_cache", "data_cache"):
+        for name, value in data[section].items():
+            table.add_row(f"{section.replace('_', ' ')} {name.replace('_', ' ')}",
+                          f"{value:,}" if isinstance(value, int) else str(value))
+    Console().print(table)
+
+
+@app.command(help="Preload a mounted tree into the caches by reading every file.")
+def warmup(path: Path = typer.Argument(..., help="A directory inside a pailfs mount."),
+           jobs: int = typer.Option(16, "-j", "--jobs", help="Files read in parallel.")) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    if not path.is_dir():
+        raise MountError(f"{path} is not a directory")
+    files: list[tuple[str, int]] = []
+    for root, _dirs, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            files.append((full, os.stat(full).st_size))
+    total = sum(size for _, size in files)
+    failures: list[str] = []
+
+    def read_all(item: tuple[str, int]) -> int:
+        name, _size = item
+        done = 0
+        try:
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                while chunk := os.read(fd, 1 << 20):
+                    done += len(chunk)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            failures.append(f"{name}: {exc.strerror}")
+        return done
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), transient=True) as progress:
+        task = progress.add_task(f"warming {len(files)} files", total=total)
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for n in pool.map(read_all, files):
+                progress.advance(task, n)
+    typer.echo(f"warmed {len(files) - len(failures)} files, {total:,} bytes")
+    if failures:
+        raise MountError(f"{len(failures)} files could not be read, first: {failures[0]}")
