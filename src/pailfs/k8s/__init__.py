@@ -1,0 +1,1 @@
+"""Kubernetes glue: manifest generation (`pailfs k8s manifests|deploy`)."""
