@@ -23,6 +23,7 @@ app = typer.Typer(
 from pailfs.cli import server as _server  # noqa: E402,F401
 from pailfs.cli import k8s as _k8s  # noqa: E402,F401
 from pailfs.cli import mount as _mount  # noqa: E402,F401
+from pailfs.cli import ckpt as _ckpt  # noqa: E402,F401
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":
