@@ -8,7 +8,7 @@ Names and defaults follow ossfs / s3fs-fuse so their users feel at home.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pailfs.errors import BadOption
@@ -253,5 +253,42 @@ def options_help() -> str:
     return "\n".join(f"{o.name}{o.metavar}: {o.help}" for o in OPTIONS)
 
 
+CONFIGURATION_HEADER = """# Configuration
+
+Every option below is accepted by `pailfs mount -o`, `mount -t fuse.pailfs -o`
+and `/etc/fstab`, and (where it applies) by `pailfs cp/ls/...` and
+`pailfs.open_store(url, **options)`. Names and defaults follow ossfs and
+s3fs-fuse. Flags take no value (`-o ro`); `-o flag=false` turns one off.
+Generic mount(8) flags (`defaults`, `_netdev`, `noauto`, `nosuid`, ...) are
+accepted and ignored.
+
+This table is generated from `src/pailfs/config.py`
+(`python -m pailfs.config > docs/configuration.md`); a test keeps it in step.
+
+"""
+
+CONFIGURATION_FOOTER = """
+## Credentials
+
+In this order: the `passwd_file=` option; `/etc/passwd-pailfs`; `~/.passwd-pailfs`
+(ossfs format: `bucket:AK:SK` lines for one bucket, or `AK:SK`; the file must be
+mode 0600 or 0400); env `OSS_ACCESS_KEY_ID`/`OSS_ACCESS_KEY_SECRET`; env
+`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`. Secrets never appear in logs, in
+the command line of any process pailfs starts, or in error messages.
+
+## Kernel timeouts follow the stat cache
+
+| options | kernel entry/attr timeout | kernel page cache across opens |
+| --- | --- | --- |
+| `kernel_cache` | `stat_cache_expire` (forever for -1) | kept |
+| default | 1 s (or `stat_cache_expire` if shorter) | kept on `ro` mounts; dropped when the object's ETag changed |
+| `max_stat_cache_size=0` | 0: every lookup and getattr asks the store | as above |
+"""
+
+
+def configuration_markdown() -> str:
+    return CONFIGURATION_HEADER + options_markdown() + CONFIGURATION_FOOTER
+
+
 if __name__ == "__main__":  # pragma: no cover - docs generation
-    print(options_markdown(), end="")
+    print(configuration_markdown(), end="")

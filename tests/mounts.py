@@ -1,0 +1,91 @@
+"""Helpers for tests that mount for real: run the `pailfs` CLI, always unmount."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PAILFS = [sys.executable, "-m", "pailfs"]
+
+
+def pailfs(*args: str, check: bool = False, timeout: float = 120, env: dict | None = None,
+           input: bytes | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*PAILFS, *args], capture_output=True, timeout=timeout, env=env, input=input)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pailfs {' '.join(args)} failed ({proc.returncode}): {proc.stderr.decode()}")
+    return proc
+
+
+def is_mounted(path: str | Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def force_unmount(path: str | Path) -> None:
+    if is_mounted(path):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@contextlib.contextmanager
+def mounted(source: str, mountpoint: Path, *options: str, env: dict | None = None):
+    """Mount with `pailfs mount`, yield the mountpoint, and unmount even on failure."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    args = ["mount", source, str(mountpoint)]
+    for opt in options:
+        args += ["-o", opt]
+    pailfs(*args, check=True, env=env)
+    try:
+        assert is_mounted(mountpoint)
+        yield mountpoint
+    finally:
+        proc = pailfs("umount", str(mountpoint))
+        if proc.returncode != 0:
+            force_unmount(mountpoint)
+
+
+def put_objects(url: str, objects: dict[str, bytes]) -> None:
+    """Write objects through the store layer (env carries endpoint and keys)."""
+    from pailfs.store import open_store
+
+    async def run() -> None:
+        store = open_store(url)
+        try:
+            await asyncio.gather(*(store.put(key, data) for key, data in objects.items()))
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def get_object(url: str, key: str) -> bytes | None:
+    from pailfs.errors import NotFound
+    from pailfs.store import open_store
+
+    async def run() -> bytes | None:
+        store = open_store(url)
+        try:
+            return await store.get(key)
+        except NotFound:
+            return None
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def list_keys(url: str, prefix: str = "") -> list[str]:
+    from pailfs.store import open_store
+
+    async def run() -> list[str]:
+        store = open_store(url)
+        try:
+            return [o.key for o in (await store.list(prefix)).objects]
+        finally:
+            await store.close()
+
+    return asyncio.run(run())

@@ -1,0 +1,308 @@
+"""The read-only mount, for real: SeaweedFS + /dev/fuse + `pailfs mount`."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from mounts import get_object, is_mounted, mounted, pailfs, put_objects
+from pailfs.server import SeaweedServer
+
+RO = "ro,kernel_cache,max_stat_cache_size=10000,umask=022"
+
+
+def blob(seed: int, size: int) -> bytes:
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}-{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+ODD_NAMES = ["with space.txt", "ünïcödé-数据.bin", "plus+sign", "per%cent", "eq=ual", "dash-._~"]
+
+
+@pytest.fixture(scope="module")
+def dataset(seaweed, tmp_path_factory):
+    """One bucket with a tree of objects, shared by the read-only tests."""
+    from conftest import make_bucket
+
+    bucket = make_bucket(seaweed)
+    objects: dict[str, bytes] = {}
+    for d in range(3):
+        for i in range(40):
+            objects[f"train/class{d}/img{i:03d}.bin"] = blob(d * 1000 + i, 2000 + (i * 37) % 2000)
+    for n, name in enumerate(ODD_NAMES):
+        objects[f"odd/{name}"] = blob(5000 + n, 100 + n)
+    objects["deep/a/b/c/d/leaf.txt"] = b"leaf\n"
+    objects["markers/empty/"] = b""           # a directory marker, nothing inside
+    objects["markers/full/"] = b""
+    objects["markers/full/x"] = b"x"
+    objects["empty-file"] = b""
+    objects["big.bin"] = blob(42, 12 * 1024 * 1024 + 12345)
+    objects["wide/" + "f" * 0] = b""  # marker of a wide dir
+    for i in range(3000):
+        objects[f"wide/e{i:05d}"] = b"%d" % i
+    env = seaweed.env()
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        put_objects(f"s3://{bucket}", objects)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    return bucket, objects
+
+
+@pytest.fixture
+def ro_mount(dataset, s3_env, tmp_path):
+    bucket, objects = dataset
+    with mounted(bucket, tmp_path / "mnt", RO) as mnt:
+        yield mnt, objects
+
+
+def test_every_file_reads_back_identical(ro_mount):
+    mnt, objects = ro_mount
+    for key, data in objects.items():
+        if key.endswith("/"):
+            continue
+        path = mnt / key
+        with open(path, "rb") as f:  # Python open(): the isatty ioctl path
+            assert f.read() == data, key
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert os.read(fd, len(data) + 10) == data
+        finally:
+            os.close(fd)
+        assert os.stat(path).st_size == len(data)
+
+
+def test_listing_implicit_dirs_markers_and_odd_names(ro_mount):
+    mnt, _ = ro_mount
+    assert sorted(os.listdir(mnt)) == ["big.bin", "deep", "empty-file", "markers", "odd", "train", "wide"]
+    assert sorted(os.listdir(mnt / "train")) == ["class0", "class1", "class2"]
+    assert len(os.listdir(mnt / "train/class1")) == 40
+    assert sorted(os.listdir(mnt / "odd")) == sorted(ODD_NAMES)
+    assert os.listdir(mnt / "markers/empty") == []
+    assert os.listdir(mnt / "markers/full") == ["x"]
+    assert os.path.isdir(mnt / "deep/a/b/c")
+    assert (mnt / "deep/a/b/c/d/leaf.txt").read_bytes() == b"leaf\n"
+    with pytest.raises(FileNotFoundError):
+        os.stat(mnt / "train/class9")
+    with pytest.raises(NotADirectoryError):
+        os.listdir(mnt / "empty-file")
+
+
+def test_directory_of_3000_entries(ro_mount):
+    mnt, _ = ro_mount
+    names = os.listdir(mnt / "wide")
+    assert len(names) == 3000
+    assert sorted(names) == [f"e{i:05d}" for i in range(3000)]
+    with os.scandir(mnt / "wide") as it:
+        sizes = {e.name: e.stat().st_size for e in it}
+    assert sizes["e02999"] == 4
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(offset=st.integers(0, 12 * 1024 * 1024 + 12345 + 100), length=st.integers(0, 3 * 1024 * 1024))
+def test_random_reads_of_a_large_object(ro_mount, offset, length):
+    mnt, objects = ro_mount
+    source = objects["big.bin"]
+    fd = os.open(mnt / "big.bin", os.O_RDONLY)
+    try:
+        got = os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+    assert got == source[offset:offset + length]
+
+
+def test_sequential_read_of_a_large_object(ro_mount):
+    mnt, objects = ro_mount
+    digest = hashlib.sha256()
+    with open(mnt / "big.bin", "rb", buffering=0) as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    assert digest.hexdigest() == hashlib.sha256(objects["big.bin"]).hexdigest()
+
+
+def test_every_modifying_call_fails_with_erofs(ro_mount):
+    mnt, _ = ro_mount
+    target = mnt / "empty-file"
+    calls = {
+        "create": lambda: open(mnt / "new.txt", "wb"),
+        "open for write": lambda: os.open(target, os.O_WRONLY),
+        "truncate": lambda: os.truncate(target, 0),
+        "unlink": lambda: os.unlink(target),
+        "rename": lambda: os.rename(target, mnt / "moved"),
+        "mkdir": lambda: os.mkdir(mnt / "newdir"),
+        "rmdir": lambda: os.rmdir(mnt / "markers/empty"),
+        "chmod": lambda: os.chmod(target, 0o600),
+        "chown": lambda: os.chown(target, 1, 1),
+        "utime": lambda: os.utime(target, (1, 1)),
+        "symlink": lambda: os.symlink("x", mnt / "link"),
+        "link": lambda: os.link(target, mnt / "hard"),
+        "setxattr": lambda: os.setxattr(target, "user.k", b"v"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(OSError) as info:
+            call()
+        assert info.value.errno == errno.EROFS, f"{name}: {info.value}"
+    assert sorted(os.listdir(mnt))[:3] == ["big.bin", "deep", "empty-file"]
+
+
+def test_modes_with_umask(ro_mount):
+    mnt, _ = ro_mount
+    assert stat.S_IMODE(os.stat(mnt / "empty-file").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(mnt / "train").st_mode) == 0o755
+    assert stat.S_ISDIR(os.stat(mnt / "train").st_mode)
+
+
+def test_modes_and_owner_without_umask(dataset, s3_env, tmp_path):
+    bucket, _ = dataset
+    with mounted(bucket, tmp_path / "m", "ro,uid=1234,gid=4321") as mnt:
+        st_file = os.stat(mnt / "empty-file")
+        st_dir = os.stat(mnt / "train")
+        assert stat.S_IMODE(st_file.st_mode) == 0o640  # ossfs default
+        assert stat.S_IMODE(st_dir.st_mode) == 0o750
+        assert (st_file.st_uid, st_file.st_gid) == (1234, 4321)
+
+
+def test_subpath_mount(dataset, s3_env, tmp_path):
+    bucket, objects = dataset
+    with mounted(f"{bucket}:/train/class2", tmp_path / "m", RO) as mnt:
+        assert len(os.listdir(mnt)) == 40
+        assert (mnt / "img007.bin").read_bytes() == objects["train/class2/img007.bin"]
+    with mounted(f"s3://{bucket}/deep/a", tmp_path / "m2", RO) as mnt:
+        assert os.listdir(mnt) == ["b"]
+
+
+def test_change_seen_after_expiry_and_at_once_without_stat_cache(bucket, s3_env, tmp_path):
+    put_objects(f"s3://{bucket}", {"data.txt": b"version one"})
+    with mounted(bucket, tmp_path / "a", "ro,kernel_cache,stat_cache_expire=2") as cached, \
+            mounted(bucket, tmp_path / "b", "ro,max_stat_cache_size=0") as uncached:
+        assert (cached / "data.txt").read_bytes() == b"version one"
+        assert (uncached / "data.txt").read_bytes() == b"version one"
+        put_objects(f"s3://{bucket}", {"data.txt": b"version two, longer"})
+        assert (uncached / "data.txt").read_bytes() == b"version two, longer"
+        assert (cached / "data.txt").read_bytes() == b"version one"  # trusted until expiry
+        time.sleep(3)
+        assert (cached / "data.txt").read_bytes() == b"version two, longer"
+
+
+def test_stats_and_warmup(dataset, s3_env, tmp_path):
+    bucket, _ = dataset
+    with mounted(bucket, tmp_path / "m", RO) as mnt:
+        proc = pailfs("warmup", str(mnt / "train"), "-j", "8", check=True)
+        assert "warmed 120 files" in proc.stdout.decode()
+        data = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)
+        assert data["read_only"] is True
+        assert data["store"]["requests"].get("get", 0) >= 120
+        assert data["store"]["requests"].get("head", 0) == 0  # attributes came from LIST
+        assert data["stat_cache"]["entries"] >= 120
+        table = pailfs("stats", str(mnt), check=True).stdout.decode()
+        assert "bytes downloaded" in table
+
+
+def test_disk_cache_survives_remount(dataset, s3_env, tmp_path):
+    bucket, objects = dataset
+    cache = tmp_path / "cache"
+    with mounted(bucket, tmp_path / "m", f"ro,use_cache={cache}") as mnt:
+        assert (mnt / "train/class0/img001.bin").read_bytes() == objects["train/class0/img001.bin"]
+    assert any(cache.rglob("*"))
+    with mounted(bucket, tmp_path / "m", f"ro,use_cache={cache}") as mnt:
+        assert (mnt / "train/class0/img001.bin").read_bytes() == objects["train/class0/img001.bin"]
+        data = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)
+        assert data["data_cache"]["disk_hits"] >= 1
+        assert data["store"]["requests"].get("get", 0) == 0
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "wrong secret", "no mountpoint", "not a directory",
+                                  "not empty", "bad option", "bad value"])
+def test_mount_failures_are_one_clear_line(case, bucket, s3_env, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    source, opts, env = bucket, ["ro"], dict(os.environ)
+    expect = ""
+    if case == "missing bucket":
+        source, expect = "no-such-bucket-here", "bucket"
+    elif case == "wrong secret":
+        env["AWS_SECRET_ACCESS_KEY"] = "definitely-wrong-secret-value"
+        expect = "denied"
+    elif case == "no mountpoint":
+        mnt = tmp_path / "absent"
+        expect = "does not exist"
+    elif case == "not a directory":
+        mnt = tmp_path / "file"
+        mnt.write_text("x")
+        expect = "not a directory"
+    elif case == "not empty":
+        (mnt / "something").write_text("x")
+        expect = "not empty"
+    elif case == "bad option":
+        opts, expect = ["ro,bogus_option=1"], "unknown option 'bogus_option'"
+    elif case == "bad value":
+        opts, expect = ["parallel_count=many"], "bad value for option 'parallel_count'"
+    args = ["mount", source, str(mnt)] + [x for o in opts for x in ("-o", o)]
+    proc = pailfs(*args, env=env, timeout=90)
+    err = proc.stderr.decode()
+    try:
+        assert proc.returncode != 0
+        assert expect.lower() in err.lower(), err
+        assert len(err.strip().splitlines()) == 1, err
+        assert "definitely-wrong-secret-value" not in err
+        assert not is_mounted(mnt)
+    finally:
+        if is_mounted(mnt):
+            subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_already_mounted_mountpoint_is_refused(dataset, s3_env, tmp_path):
+    bucket, _ = dataset
+    with mounted(bucket, tmp_path / "m", RO) as mnt:
+        proc = pailfs("mount", bucket, str(mnt), "-o", "ro,nonempty")
+        assert proc.returncode != 0
+        assert "already" in proc.stderr.decode().lower()
+        assert os.listdir(mnt)  # the first mount still answers
+
+
+def test_dead_server_gives_eio_then_recovers(tmp_path, monkeypatch):
+    from conftest import make_bucket
+
+    srv = SeaweedServer(tmp_path / "srv")
+    state = srv.start()
+    mnt = tmp_path / "mnt"
+    try:
+        bucket = make_bucket(srv)
+        for name, value in srv.env().items():
+            monkeypatch.setenv(name, value)
+        put_objects(f"s3://{bucket}", {"a.txt": b"alpha", "b.txt": b"bravo"})
+        with mounted(bucket, mnt, "ro,readwrite_timeout=3,connect_timeout=2,retries=0"):
+            assert (mnt / "a.txt").read_bytes() == b"alpha"
+            srv.stop()
+            started = time.monotonic()
+            with pytest.raises(OSError) as info:
+                (mnt / "b.txt").read_bytes()
+            assert info.value.errno == errno.EIO
+            assert time.monotonic() - started < 20
+            assert (mnt / "a.txt").read_bytes() == b"alpha"  # cached data still served
+            SeaweedServer(tmp_path / "srv", s3_port=state.s3_port).start()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert (mnt / "b.txt").read_bytes() == b"bravo"
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+    finally:
+        SeaweedServer(tmp_path / "srv").stop()
