@@ -8,19 +8,25 @@ raw ListObjectsV2, PUT/HEAD of keys obstore cannot spell, and object versions.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httpx
 
 from pailfs.store.sigv4 import EMPTY_SHA256, sign_headers, uri_encode
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Credentials:
     access_key: str
     secret_key: str = ""
+    # where the pair came from ("env AWS_ACCESS_KEY_ID", a passwd file...), for error hints
+    source: str = field(default="", compare=False)
 
     def __repr__(self) -> str:  # never show the secret
         return f"Credentials(access_key={self.access_key!r}, secret_key='***')"
@@ -31,7 +37,7 @@ class S3Api:
 
     def __init__(self, endpoint: str, credentials: Credentials | None, region: str = "us-east-1",
                  virtual_hosted: bool = False, connect_timeout: float = 10.0,
-                 timeout: float = 60.0, max_connections: int = 64) -> None:
+                 timeout: float = 60.0, max_connections: int = 64, retries: int = 0) -> None:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"endpoint must be http(s)://host[:port], got {endpoint!r}")
@@ -40,6 +46,7 @@ class S3Api:
         self.credentials = credentials
         self.region = region
         self.virtual_hosted = virtual_hosted
+        self.retries = retries
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=max_connections),
@@ -57,6 +64,30 @@ class S3Api:
     async def request(self, method: str, bucket: str = "", key: str = "", *,
                       query: dict[str, str] | None = None, headers: dict[str, str] | None = None,
                       body: bytes = b"") -> httpx.Response:
+        """One signed request, retried (with backoff) on dropped connections and 5xx.
+
+        Timeouts are not retried: a silent or unreachable host has already cost
+        the full timeout, and retrying would multiply it.
+        """
+        attempt = 0
+        while True:
+            try:
+                resp = await self._send(method, bucket, key, query, headers, body)
+            except httpx.TimeoutException:
+                raise
+            except httpx.TransportError as exc:
+                if attempt >= self.retries:
+                    raise
+                log.debug("%s %s/%s: %s, retrying", method, bucket, key, type(exc).__name__)
+            else:
+                if resp.status_code < 500 or attempt >= self.retries:
+                    return resp
+                log.debug("%s %s/%s: HTTP %d, retrying", method, bucket, key, resp.status_code)
+            await asyncio.sleep(min(0.1 * 2 ** attempt, 2.0))
+            attempt += 1
+
+    async def _send(self, method: str, bucket: str, key: str, query: dict[str, str] | None,
+                    headers: dict[str, str] | None, body: bytes) -> httpx.Response:
         query = query or {}
         host, path = self._target(bucket, key)
         payload_hash = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
