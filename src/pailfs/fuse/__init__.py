@@ -1,0 +1,178 @@
+"""The FUSE front end: pailfs speaks the kernel protocol over /dev/fuse itself.
+
+What the CLI calls::
+
+    server = FuseServer(fs, mountpoint, loop=loop, fs_name="bucket:/prefix",
+                        allow_other=..., nonempty=...)
+    # SIGTERM/SIGINT handler (any thread):  server.stop()
+    server.serve(ready_callback=...)   # blocks: mount, serve, always unmount
+
+`serve(fs, mountpoint, ...)` is the one-call form. `loop` is the asyncio loop
+the fs's coroutines run on: if it is not running, serve() runs it in a thread
+of its own for the life of the mount and stops it at the end; if it is
+already running in another thread, serve() just uses it. From inside that
+loop, `await server.serve_async()`.
+
+serve() returns when the kernel ends the connection (`umount`, `fusermount3
+-u`, `umount -l` once the last file closes) or after stop(). The mount is
+always gone when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Any, Callable
+
+from pailfs.errors import MountError
+from pailfs.fuse import mount as _mount
+from pailfs.fuse.mount import abort_connection, find_mount, is_stale, unmount
+from pailfs.fuse.session import FuseSession
+
+__all__ = ["FuseServer", "FuseSession", "serve", "unmount", "is_stale", "find_mount"]
+
+log = logging.getLogger(__name__)
+
+INIT_TIMEOUT = 10.0   # seconds to wait for the kernel's INIT after mount(2)
+STOP_GRACE = 5.0      # seconds stop() lets open files finish before aborting the connection
+
+
+class FuseServer:
+    """Mount fs at mountpoint and serve it until unmounted or stopped."""
+
+    def __init__(self, fs: Any, mountpoint: str, *, loop: asyncio.AbstractEventLoop | None = None,
+                 fs_name: str = "pailfs", subtype: str = "pailfs", read_only: bool | None = None,
+                 allow_other: bool = False, default_permissions: bool = True, noatime: bool = True,
+                 uid: int | None = None, gid: int | None = None, nonempty: bool = False,
+                 readers: int = 1, use_fusermount: bool | None = None,
+                 stop_grace: float = STOP_GRACE) -> None:
+        self.fs = fs
+        self.mountpoint = mountpoint
+        self.loop = loop
+        self.read_only = bool(fs.read_only) if read_only is None else read_only
+        self.mount_options = dict(fs_name=fs_name, subtype=subtype, read_only=self.read_only,
+                                  allow_other=allow_other, default_permissions=default_permissions,
+                                  noatime=noatime, uid=uid, gid=gid, nonempty=nonempty,
+                                  use_fusermount=use_fusermount)
+        self.use_fusermount = use_fusermount
+        self.readers = readers
+        self.stop_grace = stop_grace
+        self.session: FuseSession | None = None
+        self.device: tuple[int, int] | None = None
+        self._stop = threading.Event()
+        self._unmounted = False
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ public
+    def serve(self, ready_callback: Callable[[], None] | None = None) -> None:
+        """Mount, serve until the connection ends, unmount. Raises MountError."""
+        loop, own_loop_thread = self._loop()
+        try:
+            self._serve(loop, ready_callback)
+        finally:
+            if own_loop_thread is not None:
+                loop.call_soon_threadsafe(loop.stop)
+                own_loop_thread.join(5)
+
+    async def serve_async(self, ready_callback: Callable[[], None] | None = None) -> None:
+        """serve() from inside the fs's running loop (the blocking part runs in a thread)."""
+        self.loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.serve, ready_callback)
+
+    def stop(self) -> None:
+        """Unmount and end serve() (thread-safe, idempotent; never blocks on the mount)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        threading.Thread(target=self._unmount_quietly, name="pailfs-unmount", daemon=True).start()
+
+    def stats(self) -> dict[str, int]:
+        return self.session.stats() if self.session is not None else {}
+
+    # ------------------------------------------------------------------ internals
+    def _loop(self) -> tuple[asyncio.AbstractEventLoop, threading.Thread | None]:
+        loop = self.loop or asyncio.new_event_loop()
+        self.loop = loop
+        if loop.is_running():
+            return loop, None
+        thread = threading.Thread(target=loop.run_forever, name="pailfs-loop", daemon=True)
+        thread.start()
+        return loop, thread
+
+    def _serve(self, loop: asyncio.AbstractEventLoop, ready_callback: Callable[[], None] | None) -> None:
+        if hasattr(self.fs, "attach_loop"):
+            self.fs.attach_loop(loop)
+        fd = _mount.mount(self.mountpoint, **self.mount_options)
+        info = find_mount(self.mountpoint)
+        self.device = info.device if info is not None else None
+        session = self.session = FuseSession(self.fs, fd, loop)
+        if hasattr(self.fs, "on_changed"):
+            self.fs.on_changed = session.invalidate_inode
+        close_fd = True
+        try:
+            session.start(self.readers)
+            if not self._wait_init(session):
+                raise MountError(f"the kernel did not initialize the mount at {self.mountpoint}")
+            if self._stop.is_set():
+                return
+            if ready_callback is not None:
+                ready_callback()
+            # Wait in short steps so the main thread still runs signal handlers.
+            while not session.finished.wait(0.25):
+                if self._stop.is_set() and self._stop_waited():
+                    break
+            close_fd = session.finished.is_set()
+        finally:
+            session.stop()
+            self._unmount_quietly()
+            if not session.finished.is_set():
+                session.finished.wait(1.0)
+            close_fd = close_fd and session.finished.is_set()
+            if close_fd:
+                os.close(fd)
+            else:
+                # A reader is still blocked in read(2) on fd; closing it now could hand the
+                # number to a new file the reader would then read. The process exits soon.
+                log.warning("FUSE connection at %s did not end; leaving it to process exit", self.mountpoint)
+
+    def _wait_init(self, session: FuseSession) -> bool:
+        for _ in range(int(INIT_TIMEOUT / 0.25)):
+            if session.initialized.wait(0.25):
+                return True
+            if session.finished.is_set() or self._stop.is_set():
+                return session.initialized.is_set()
+        return False
+
+    def _stop_waited(self) -> bool:
+        """After stop(): give open files stop_grace seconds, then abort the connection."""
+        session = self.session
+        assert session is not None
+        if session.finished.wait(self.stop_grace):
+            return True
+        if self.device is not None and abort_connection(self.device):
+            session.finished.wait(2.0)
+        return True
+
+    def _unmount_quietly(self) -> None:
+        """Lazy-unmount our mount if it is still there (never someone else's)."""
+        with self._lock:
+            if self._unmounted:
+                return
+            info = find_mount(self.mountpoint)
+            if info is None or (self.device is not None and info.device != self.device):
+                self._unmounted = True
+                return
+            try:
+                unmount(self.mountpoint, lazy=True, use_fusermount=self.use_fusermount)
+                self._unmounted = True
+            except MountError as exc:
+                log.warning("%s", exc)
+
+
+def serve(fs: Any, mountpoint: str, loop: asyncio.AbstractEventLoop | None = None, *,
+          ready_callback: Callable[[], None] | None = None, **options: Any) -> None:
+    """Mount fs at mountpoint and serve it until unmounted (see FuseServer for options)."""
+    FuseServer(fs, mountpoint, loop=loop, **options).serve(ready_callback)
+

@@ -1,0 +1,808 @@
+"""One FUSE connection: read requests from /dev/fuse, answer them.
+
+Hot path (inline, in the reader thread that read the request): IOCTL (ENOTTY,
+checked before anything else: Python's open() calls isatty on every file),
+LOOKUP / GETATTR / READDIRPLUS / READ answered from the fs's `cached_*`
+methods, FORGET / BATCH_FORGET / INTERRUPT (no reply), and the constant
+answers (ENOSYS for OPEN/OPENDIR on read-only mounts, ACCESS, locks...).
+Everything else, and every cache miss, is a *cold* request: its coroutine is
+handed to the fs's asyncio loop with `run_coroutine_threadsafe`, and the loop
+thread writes the reply when the coroutine finishes.
+
+Concurrency invariants
+----------------------
+* Threads: N reader threads (1 by default; a second one did not help the
+  8-thread cold workload, the loop does the I/O), the fs's loop thread, and a
+  notifier thread started on the first invalidation.
+* Every reply is one `os.write` (or `os.writev`) of a complete message; the
+  kernel takes each write atomically, so readers and the loop reply without
+  a lock, in any order.
+* `fs.cached_*`, `fs.ref` and `fs.forget` are called from reader threads,
+  concurrently with coroutines on the loop: the fs makes them safe for that.
+* `fs.ref(ino)` is called *before* the entry reply is written (the kernel may
+  FORGET an entry the moment it has it); if the write fails (the request was
+  interrupted) the reference is returned with `fs.forget(ino, 1)`. The same
+  holds for an OPEN/CREATE handle: a reply that cannot be written releases it.
+* `_inflight` (unique -> (task, cancellable)) is written and popped only on the
+  loop thread; reader threads only `get` from it (INTERRUPT). It also keeps
+  every cold task strongly referenced.
+* Invalidation notifications are written from the notifier thread, never from a
+  reader or the loop: a notification may wait for a page lock held by a
+  request whose reply the reader or loop has yet to send.
+* The hot path allocates the reply and nothing else: no logging, no exceptions
+  on cache hits, one list lookup for the handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import math
+import os
+import queue
+import stat
+import threading
+import time
+from typing import Any, Callable
+
+from pailfs.errors import NoSuchAttribute, NotFound, NotPermitted, NotSupported, PailfsError, errno_of
+from pailfs.fs.types import SetAttr
+from pailfs.fuse import protocol as P
+
+log = logging.getLogger(__name__)
+
+MAX_WRITE = 1 << 20               # bytes per WRITE request (FUSE_MAX_PAGES with 256 pages)
+MAX_PAGES = MAX_WRITE // 4096
+BUFFER_SIZE = MAX_WRITE + 4096    # the kernel wants >= header + write_in + max_write
+BLKSIZE = 128 * 1024              # st_blksize: stdio/cp read this much per call
+MAX_BACKGROUND = 64               # readahead and other async requests in flight
+CONGESTION_THRESHOLD = 48
+WRITEV_OVER = 64 * 1024           # replies larger than this skip the header+data copy
+
+# xattr namespaces the front end answers itself (ENODATA): the kernel asks for
+# security.capability on writes and for ACLs/SELinux labels on ls -l; an object
+# store has none of these.
+LOCAL_XATTR_PREFIXES = ("security.", "system.")
+
+_CANCELLABLE = frozenset({P.LOOKUP, P.GETATTR, P.READ, P.READDIR, P.READDIRPLUS, P.READLINK,
+                          P.GETXATTR, P.LISTXATTR, P.STATFS})
+
+_MAX_TIMEOUT = float(2**62)
+_NS = 1_000_000_000
+
+
+def split_seconds(t: float) -> tuple[int, int]:
+    """Kernel timeout (seconds, nanoseconds) for a float; negative -> 0, inf -> huge."""
+    if not t > 0:
+        return 0, 0
+    t = min(t, _MAX_TIMEOUT)
+    s = int(t)
+    return s, min(int((t - s) * 1e9), _NS - 1)
+
+
+def _split_time(t: float) -> tuple[int, int]:
+    s = math.floor(t)
+    return s, min(int((t - s) * 1e9), _NS - 1)
+
+
+def attr_values(a: Any) -> tuple:
+    """The 16 fields of fuse_attr for an Attr (times default to mtime)."""
+    size = a.size
+    m = a.mtime
+    ms = math.floor(m)
+    mns = int((m - ms) * 1e9)
+    at = a.atime
+    if at is None or at == m:
+        as_, ans = ms, mns
+    else:
+        as_, ans = _split_time(at)
+    ct = a.ctime
+    if ct is None or ct == m:
+        cs, cns = ms, mns
+    else:
+        cs, cns = _split_time(ct)
+    return (a.ino, size, (size + 511) >> 9, as_, ms, cs, ans, mns, cns,
+            a.mode, a.nlink, a.uid, a.gid, 0, BLKSIZE, 0)
+
+
+_DOT = (b".", b"..")
+
+
+class FuseSession:
+    """Serve one /dev/fuse connection for a FileSystemOps on its asyncio loop."""
+
+    def __init__(self, fs: Any, fd: int, loop: asyncio.AbstractEventLoop, *,
+                 max_write: int = MAX_WRITE) -> None:
+        self.fs = fs
+        self.fd = fd
+        self.loop = loop
+        self.read_only = bool(fs.read_only)
+        self.keep_cache = bool(getattr(fs, "keep_cache", False))
+        self.entry_valid = split_seconds(fs.entry_timeout)
+        self.attr_valid = split_seconds(fs.attr_timeout)
+        self.negative_valid = split_seconds(fs.negative_timeout)
+        self.max_write = max_write
+        self.buffer_size = max_write + 4096
+        self.proto_minor = 0
+        self.kernel_flags = 0
+        self.init_flags = 0
+        self.want_flags = self._wanted_flags()
+        # per-opcode request counts (index = opcode); racy increments are fine for stats
+        self.counts = [0] * (P.MAX_OPCODE + 1)
+        self.initialized = threading.Event()
+        self.finished = threading.Event()
+        self._stopping = False
+        self._inflight: dict[int, tuple[asyncio.Task, bool]] = {}
+        self._threads: list[threading.Thread] = []
+        self._running = 0
+        self._lock = threading.Lock()
+        self._notify_q: queue.SimpleQueue | None = None
+        self._handlers: list[Callable[[bytes, int, int], None]] = self._handler_table()
+
+    # ------------------------------------------------------------------ running
+    def start(self, readers: int = 1) -> None:
+        """Start reader threads (daemon threads; `finished` is set when the last ends)."""
+        with self._lock:
+            for i in range(readers):
+                t = threading.Thread(target=self._reader_main, name=f"pailfs-fuse-{i}", daemon=True)
+                self._running += 1
+                self._threads.append(t)
+                t.start()
+
+    def stop(self) -> None:
+        """Make readers end after their next request (the unmount wakes them with ENODEV)."""
+        self._stopping = True
+
+    def stats(self) -> dict[str, int]:
+        return {P.OPCODE_NAMES.get(op, str(op)): n for op, n in enumerate(self.counts) if n}
+
+    def _reader_main(self) -> None:
+        try:
+            self.serve_forever()
+        except Exception:
+            log.exception("FUSE reader failed")
+        finally:
+            with self._lock:
+                self._running -= 1
+                last = self._running == 0
+            if last:
+                self.finished.set()
+                if self._notify_q is not None:
+                    self._notify_q.put(None)
+
+    def serve_forever(self) -> None:
+        """Read and answer requests until the connection ends (ENODEV) or stop()."""
+        fd = self.fd
+        read = os.read
+        write = os.write
+        bufsize = self.buffer_size
+        head = P.IN_HEADER_HEAD.unpack_from
+        pack_error = P.ERROR_REPLY.pack
+        handlers = self._handlers
+        counts = self.counts
+        IOCTL = P.IOCTL
+        MAX_OPCODE = P.MAX_OPCODE
+        ENOTTY = -errno.ENOTTY
+        while True:
+            try:
+                req = read(fd, bufsize)
+            except OSError as exc:
+                code = exc.errno
+                if code == errno.ENOENT or code == errno.EINTR or code == errno.EAGAIN:
+                    continue  # the request was interrupted before we read it
+                if code == errno.ENODEV:
+                    return    # unmounted / connection aborted
+                raise
+            _, opcode, unique, nodeid = head(req)
+            if opcode == IOCTL:
+                counts[IOCTL] += 1
+                try:
+                    write(fd, pack_error(16, ENOTTY, unique))
+                except OSError:
+                    pass
+                continue
+            if opcode > MAX_OPCODE:
+                self._reply_error(unique, errno.ENOSYS)
+                continue
+            counts[opcode] += 1
+            try:
+                handlers[opcode](req, unique, nodeid)
+            except Exception as exc:  # a bug in a handler must not end the session
+                log.exception("FUSE %s failed", P.OPCODE_NAMES.get(opcode, opcode))
+                self._reply_error(unique, errno_of(exc))
+            if self._stopping:
+                return
+
+    # ------------------------------------------------------------------ replies
+    def _send(self, data: bytes) -> bool:
+        try:
+            os.write(self.fd, data)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                log.warning("FUSE reply failed: %s", exc)
+            return False
+
+    def _reply_error(self, unique: int, code: int) -> None:
+        self._send(P.ERROR_REPLY.pack(16, -code, unique))
+
+    def _reply_ok(self, unique: int, _result: Any = None) -> None:
+        self._send(P.ERROR_REPLY.pack(16, 0, unique))
+
+    def _reply_data(self, unique: int, data: bytes) -> None:
+        n = len(data)
+        if n > WRITEV_OVER:
+            try:
+                os.writev(self.fd, (P.OUT_HEADER.pack(16 + n, 0, unique), data))
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                    log.warning("FUSE reply failed: %s", exc)
+            return
+        self._send(P.OUT_HEADER.pack(16 + n, 0, unique) + data)
+
+    def _reply_entry(self, unique: int, attr: Any) -> None:
+        ino = attr.ino
+        self.fs.ref(ino)
+        ev, evn = self.entry_valid
+        av, avn = self.attr_valid
+        if not self._send(P.ENTRY_REPLY.pack(144, 0, unique, ino, 0, ev, av, evn, avn, *attr_values(attr))):
+            self.fs.forget(ino, 1)
+
+    def _reply_negative(self, unique: int) -> None:
+        ev, evn = self.negative_valid
+        self._send(P.ENTRY_REPLY.pack(144, 0, unique, 0, 0, ev, 0, evn, 0,
+                                      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+
+    def _reply_lookup(self, unique: int, attr: Any) -> None:
+        if attr is None:
+            self._reply_negative(unique)
+        else:
+            self._reply_entry(unique, attr)
+
+    def _reply_attr(self, unique: int, attr: Any) -> None:
+        av, avn = self.attr_valid
+        self._send(P.ATTR_REPLY.pack(120, 0, unique, av, avn, 0, *attr_values(attr)))
+
+    def _reply_statfs(self, unique: int, st: Any) -> None:
+        self._send(P.STATFS_REPLY.pack(96, 0, unique, st.blocks, st.bfree, st.bavail, st.files, st.ffree,
+                                       st.bsize, st.namelen, st.frsize, 0))
+
+    # ------------------------------------------------------------------ cold path
+    def _cold(self, unique: int, opcode: int, coro: Any, finish: Callable[[int, Any], None]) -> None:
+        """Run coro on the loop; finish(unique, result) replies, an exception replies its errno."""
+        try:
+            asyncio.run_coroutine_threadsafe(self._run_cold(unique, opcode, coro, finish), self.loop)
+        except RuntimeError:  # the loop is closed: we are shutting down
+            coro.close()
+            self._reply_error(unique, errno.EIO)
+
+    async def _run_cold(self, unique: int, opcode: int, coro: Any, finish: Callable[[int, Any], None]) -> None:
+        inflight = self._inflight
+        inflight[unique] = (asyncio.current_task(), opcode in _CANCELLABLE)  # type: ignore[assignment]
+        try:
+            result = await coro
+        except asyncio.CancelledError:
+            self._reply_error(unique, errno.EINTR)
+            return
+        except Exception as exc:
+            code = errno_of(exc)
+            if isinstance(exc, (PailfsError, OSError)):
+                log.debug("FUSE %s: %s -> %s", P.OPCODE_NAMES.get(opcode), exc, errno.errorcode.get(code))
+            else:
+                log.error("FUSE %s failed", P.OPCODE_NAMES.get(opcode), exc_info=exc)
+            self._reply_error(unique, code)
+            return
+        finally:
+            inflight.pop(unique, None)
+        try:
+            finish(unique, result)
+        except Exception:
+            log.exception("FUSE %s: cannot pack the reply", P.OPCODE_NAMES.get(opcode))
+            self._reply_error(unique, errno.EIO)
+
+    # ------------------------------------------------------------------ table
+    def _handler_table(self) -> list[Callable[[bytes, int, int], None]]:
+        table: list[Callable[[bytes, int, int], None]] = [self._enosys] * (P.MAX_OPCODE + 1)
+        rw = not self.read_only
+        for opcode, handler in {
+            P.INIT: self._init,
+            P.DESTROY: self._destroy,
+            P.LOOKUP: self._lookup,
+            P.FORGET: self._forget,
+            P.BATCH_FORGET: self._batch_forget,
+            P.GETATTR: self._getattr,
+            P.SETATTR: self._setattr,
+            P.READLINK: self._readlink,
+            P.SYMLINK: self._symlink,
+            P.MKNOD: self._mknod,
+            P.MKDIR: self._mkdir,
+            P.UNLINK: self._unlink,
+            P.RMDIR: self._rmdir,
+            P.RENAME: self._rename,
+            P.RENAME2: self._rename2,
+            P.LINK: self._link,
+            P.OPEN: self._open if rw else self._enosys,
+            P.OPENDIR: self._opendir if rw else self._enosys,
+            P.READ: self._read,
+            P.WRITE: self._write,
+            P.STATFS: self._statfs,
+            P.RELEASE: self._release,
+            P.RELEASEDIR: self._reply_ok_req,
+            P.FSYNC: self._fsync,
+            P.FSYNCDIR: self._reply_ok_req,
+            # ro: FLUSH has nothing to do; ENOSYS makes the kernel stop sending it on close()
+            P.FLUSH: self._flush if rw else self._enosys,
+            P.SETXATTR: self._setxattr,
+            P.GETXATTR: self._getxattr,
+            P.LISTXATTR: self._listxattr,
+            P.REMOVEXATTR: self._removexattr,
+            P.READDIR: self._readdir,
+            P.READDIRPLUS: self._readdirplus,
+            P.CREATE: self._create,
+            P.INTERRUPT: self._interrupt,
+            P.NOTIFY_REPLY: self._no_reply,
+            P.FALLOCATE: self._eopnotsupp,
+            # ACCESS: ENOSYS makes the kernel stop asking (default_permissions does the checks);
+            # GETLK/SETLK/SETLKW: ENOSYS -> the kernel keeps POSIX locks local;
+            # BMAP, POLL, LSEEK, COPY_FILE_RANGE, TMPFILE...: ENOSYS (the default).
+        }.items():
+            table[opcode] = handler
+        return table
+
+    def _enosys(self, req: bytes, unique: int, nodeid: int) -> None:
+        self._reply_error(unique, errno.ENOSYS)
+
+    def _eopnotsupp(self, req: bytes, unique: int, nodeid: int) -> None:
+        self._reply_error(unique, errno.EOPNOTSUPP)
+
+    def _reply_ok_req(self, req: bytes, unique: int, nodeid: int) -> None:
+        self._reply_ok(unique)
+
+    def _no_reply(self, req: bytes, unique: int, nodeid: int) -> None:
+        pass
+
+    @staticmethod
+    def _names(req: bytes, start: int, count: int) -> list[str]:
+        """count NUL-terminated UTF-8 names from req[start:]; UnicodeDecodeError if invalid."""
+        parts = req[start:].split(b"\0", count)
+        if len(parts) <= count - 1:
+            raise UnicodeDecodeError("utf-8", b"", 0, 0, "truncated name")
+        return [p.decode() for p in parts[:count]]
+
+    # ------------------------------------------------------------------ INIT / DESTROY
+    def _wanted_flags(self) -> int:
+        want = (P.ASYNC_READ | P.BIG_WRITES | P.DO_READDIRPLUS | P.PARALLEL_DIROPS
+                | P.CACHE_SYMLINKS | P.MAX_PAGES)
+        if not self.read_only:
+            want |= P.ATOMIC_O_TRUNC
+            if not self.keep_cache:
+                # rw without keep_cache: drop cached pages when mtime/size change
+                want |= P.AUTO_INVAL_DATA
+        # Read-only mounts never ask for AUTO_INVAL_DATA: their data does not change,
+        # and the page cache must survive from epoch to epoch (see DESIGN.md).
+        return want
+
+    def _init(self, req: bytes, unique: int, nodeid: int) -> None:
+        major, minor, max_readahead, flags = P.INIT_IN.unpack_from(req, P.IN_HEADER_SIZE)
+        if major > P.KERNEL_VERSION:
+            # the kernel retries INIT with the major we announce
+            self._send(P.OUT_HEADER.pack(16 + 8, 0, unique) + P.INIT_IN.pack(P.KERNEL_VERSION, 0, 0, 0)[:8])
+            return
+        if major < P.KERNEL_VERSION or minor < P.MIN_KERNEL_MINOR:
+            log.error("kernel FUSE protocol %d.%d is too old (need 7.%d)", major, minor, P.MIN_KERNEL_MINOR)
+            self._reply_error(unique, errno.EPROTO)
+            return
+        want = self.want_flags
+        out_minor = min(minor, P.KERNEL_MINOR_VERSION)
+        got = want & flags
+        self.proto_minor = out_minor
+        self.kernel_flags = flags
+        self.init_flags = got
+        body = P.INIT_OUT.pack(P.KERNEL_VERSION, out_minor, max_readahead, got, MAX_BACKGROUND,
+                               CONGESTION_THRESHOLD, self.max_write, 1, MAX_PAGES, 0, 0)
+        if out_minor < 23:
+            body = body[:P.INIT_OUT_COMPAT_22]
+        self._send(P.OUT_HEADER.pack(16 + len(body), 0, unique) + body)
+        log.debug("FUSE 7.%d initialized, flags %#x (kernel offered %#x), max_readahead %d",
+                  out_minor, got, flags, max_readahead)
+        self.initialized.set()
+
+    def _destroy(self, req: bytes, unique: int, nodeid: int) -> None:
+        self._reply_ok(unique)
+        self._stopping = True
+
+    # ------------------------------------------------------------------ hot: lookup/attr
+    def _lookup(self, req: bytes, unique: int, nodeid: int) -> None:
+        try:
+            name = req[40:-1].decode()
+        except UnicodeDecodeError:
+            return self._reply_error(unique, errno.EINVAL)
+        try:
+            attr = self.fs.cached_lookup(nodeid, name)
+        except NotFound:
+            if self.negative_valid[0] or self.negative_valid[1]:
+                return self._reply_negative(unique)
+            return self._reply_error(unique, errno.ENOENT)
+        if attr is not None:
+            return self._reply_entry(unique, attr)
+        self._cold(unique, P.LOOKUP, self._lookup_cold(nodeid, name), self._reply_lookup)
+
+    async def _lookup_cold(self, parent: int, name: str) -> Any:
+        try:
+            return await self.fs.lookup(parent, name)
+        except NotFound:
+            if self.negative_valid[0] or self.negative_valid[1]:
+                return None  # -> negative entry the kernel caches
+            raise
+
+    def _getattr(self, req: bytes, unique: int, nodeid: int) -> None:
+        attr = self.fs.cached_getattr(nodeid)
+        if attr is not None:
+            return self._reply_attr(unique, attr)
+        self._cold(unique, P.GETATTR, self.fs.getattr(nodeid), self._reply_attr)
+
+    def _forget(self, req: bytes, unique: int, nodeid: int) -> None:
+        self.fs.forget(nodeid, P.FORGET_IN.unpack_from(req, 40)[0])
+
+    def _batch_forget(self, req: bytes, unique: int, nodeid: int) -> None:
+        count = P.BATCH_FORGET_IN.unpack_from(req, 40)[0]
+        forget = self.fs.forget
+        for ino, nlookup in P.FORGET_ONE.iter_unpack(req[48:48 + 16 * count]):
+            forget(ino, nlookup)
+
+    def _interrupt(self, req: bytes, unique: int, nodeid: int) -> None:
+        target = P.INTERRUPT_IN.unpack_from(req, 40)[0]
+        item = self._inflight.get(target)
+        if item is not None and item[1]:
+            self.loop.call_soon_threadsafe(item[0].cancel)
+
+    # ------------------------------------------------------------------ hot: read
+    def _read(self, req: bytes, unique: int, nodeid: int) -> None:
+        fh, offset, size = P.READ_HEAD.unpack_from(req, 40)
+        if fh == 0:
+            data = self.fs.cached_read(nodeid, offset, size)
+            if data is not None:
+                return self._reply_data(unique, data)
+            self._cold(unique, P.READ, self.fs.read(nodeid, offset, size), self._reply_data)
+        else:
+            self._cold(unique, P.READ, self.fs.read_handle(nodeid, fh, offset, size), self._reply_data)
+
+    # ------------------------------------------------------------------ hot: directories
+    def _readdirplus(self, req: bytes, unique: int, nodeid: int) -> None:
+        _, offset, size = P.READ_HEAD.unpack_from(req, 40)
+        entries = self.fs.cached_readdir(nodeid)
+        if entries is not None:
+            return self._reply_dirplus(unique, nodeid, offset, size, entries)
+        self._cold(unique, P.READDIRPLUS, self.fs.readdir(nodeid),
+                   lambda u, ents: self._reply_dirplus(u, nodeid, offset, size, ents))
+
+    def _reply_dirplus(self, unique: int, nodeid: int, offset: int, size: int, entries: list) -> None:
+        """direntplus records for entries[offset-2:], '.' and '..' first; 'off' = next index."""
+        pack = P.DIRENTPLUS.pack
+        pad = P.PADDING
+        ev, evn = self.entry_valid
+        av, avn = self.attr_valid
+        out = [b""]
+        used = 16
+        refs: list[int] = []
+        index = offset
+        end = len(entries) + 2
+        while index < end:
+            if index < 2:
+                name = _DOT[index]
+                rec = pack(0, 0, 0, 0, 0, 0,
+                           0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                           nodeid if index == 0 else 1, index + 1, len(name), stat.S_IFDIR >> 12)
+            else:
+                sname, attr = entries[index - 2]
+                name = sname.encode("utf-8", "surrogateescape")
+                values = attr_values(attr)
+                rec = pack(values[0], 0, ev, av, evn, avn, *values,
+                           values[0], index + 1, len(name), (values[9] >> 12) & 0xF)
+            reclen = 152 + len(name)
+            padding = -reclen & 7
+            if used + reclen + padding > size + 16:
+                break
+            if index >= 2:
+                refs.append(values[0])
+            out.append(rec)
+            out.append(name)
+            if padding:
+                out.append(pad[padding])
+            used += reclen + padding
+            index += 1
+        out[0] = P.OUT_HEADER.pack(used, 0, unique)
+        ref = self.fs.ref
+        for ino in refs:
+            ref(ino)
+        if not self._send(b"".join(out)):
+            forget = self.fs.forget
+            for ino in refs:
+                forget(ino, 1)
+
+    def _readdir(self, req: bytes, unique: int, nodeid: int) -> None:
+        # Only without DO_READDIRPLUS (never negotiated by us), kept for completeness.
+        _, offset, size = P.READ_HEAD.unpack_from(req, 40)
+        entries = self.fs.cached_readdir(nodeid)
+        if entries is not None:
+            return self._reply_dir(unique, nodeid, offset, size, entries)
+        self._cold(unique, P.READDIR, self.fs.readdir(nodeid),
+                   lambda u, ents: self._reply_dir(u, nodeid, offset, size, ents))
+
+    def _reply_dir(self, unique: int, nodeid: int, offset: int, size: int, entries: list) -> None:
+        pack = P.DIRENT.pack
+        out = [b""]
+        used = 16
+        index = offset
+        end = len(entries) + 2
+        while index < end:
+            if index < 2:
+                name, ino, mode = _DOT[index], (nodeid if index == 0 else 1), stat.S_IFDIR
+            else:
+                sname, attr = entries[index - 2]
+                name, ino, mode = sname.encode("utf-8", "surrogateescape"), attr.ino, attr.mode
+            reclen = 24 + len(name)
+            padding = -reclen & 7
+            if used + reclen + padding > size + 16:
+                break
+            out.append(pack(ino, index + 1, len(name), (mode >> 12) & 0xF))
+            out.append(name)
+            if padding:
+                out.append(P.PADDING[padding])
+            used += reclen + padding
+            index += 1
+        out[0] = P.OUT_HEADER.pack(used, 0, unique)
+        self._send(b"".join(out))
+
+    def _opendir(self, req: bytes, unique: int, nodeid: int) -> None:
+        # rw mounts: a handle-less open with no cache flags (listings may change)
+        self._send(P.OPEN_REPLY.pack(32, 0, unique, 0, 0, 0))
+
+    def _statfs(self, req: bytes, unique: int, nodeid: int) -> None:
+        self._cold(unique, P.STATFS, self.fs.statfs(), self._reply_statfs)
+
+    # ------------------------------------------------------------------ cold: files
+    def _open(self, req: bytes, unique: int, nodeid: int) -> None:
+        flags = P.OPEN_IN.unpack_from(req, 40)[0]
+        open_flags = P.FOPEN_KEEP_CACHE if self.keep_cache else 0
+
+        def reply(u: int, fh: int) -> None:
+            if not self._send(P.OPEN_REPLY.pack(32, 0, u, fh, open_flags, 0)):
+                self.loop.create_task(self._release_quietly(nodeid, fh))
+
+        self._cold(unique, P.OPEN, self.fs.open(nodeid, flags), reply)
+
+    async def _release_quietly(self, ino: int, fh: int) -> None:
+        try:
+            await self.fs.release(ino, fh)
+        except Exception as exc:
+            log.warning("release of an unanswered open failed: %s", exc)
+
+    def _create(self, req: bytes, unique: int, nodeid: int) -> None:
+        flags, mode, _umask, _ = P.CREATE_IN.unpack_from(req, 40)
+        try:
+            name = self._names(req, 56, 1)[0]
+        except UnicodeDecodeError:
+            return self._reply_error(unique, errno.EINVAL)
+        open_flags = P.FOPEN_KEEP_CACHE if self.keep_cache else 0
+
+        def reply(u: int, result: tuple[Any, int]) -> None:
+            attr, fh = result
+            ino = attr.ino
+            self.fs.ref(ino)
+            ev, evn = self.entry_valid
+            av, avn = self.attr_valid
+            if not self._send(P.CREATE_REPLY.pack(160, 0, u, ino, 0, ev, av, evn, avn, *attr_values(attr),
+                                                  fh, open_flags, 0)):
+                self.fs.forget(ino, 1)
+                self.loop.create_task(self._release_quietly(ino, fh))
+
+        self._cold(unique, P.CREATE, self.fs.create(nodeid, name, stat.S_IMODE(mode), flags), reply)
+
+    def _mknod(self, req: bytes, unique: int, nodeid: int) -> None:
+        mode = P.MKNOD_IN.unpack_from(req, 40)[0]
+        try:
+            name = self._names(req, 56, 1)[0]
+        except UnicodeDecodeError:
+            return self._reply_error(unique, errno.EINVAL)
+        self._cold(unique, P.MKNOD, self._mknod_cold(nodeid, name, mode), self._reply_entry)
+
+    async def _mknod_cold(self, parent: int, name: str, mode: int) -> Any:
+        if not stat.S_ISREG(mode):
+            raise NotPermitted("only regular files can be created on an object store")
+        attr, fh = await self.fs.create(parent, name, stat.S_IMODE(mode), os.O_WRONLY | os.O_EXCL)
+        await self.fs.release(attr.ino, fh)
+        return attr
+
+    def _write(self, req: bytes, unique: int, nodeid: int) -> None:
+        fh, offset, size = P.READ_HEAD.unpack_from(req, 40)
+        data = req[80:80 + size]
+        self._cold(unique, P.WRITE, self.fs.write(nodeid, fh, offset, data),
+                   lambda u, n: self._send(P.WRITE_REPLY.pack(24, 0, u, n, 0)))
+
+    def _flush(self, req: bytes, unique: int, nodeid: int) -> None:
+        fh = P.FLUSH_IN.unpack_from(req, 40)[0]
+        self._cold(unique, P.FLUSH, self.fs.flush(nodeid, fh), self._reply_ok)
+
+    def _fsync(self, req: bytes, unique: int, nodeid: int) -> None:
+        fh, fsync_flags, _ = P.FSYNC_IN.unpack_from(req, 40)
+        self._cold(unique, P.FSYNC, self.fs.fsync(nodeid, fh, bool(fsync_flags & P.FSYNC_FDATASYNC)),
+                   self._reply_ok)
+
+    def _release(self, req: bytes, unique: int, nodeid: int) -> None:
+        fh = P.RELEASE_IN.unpack_from(req, 40)[0]
+        self._cold(unique, P.RELEASE, self.fs.release(nodeid, fh), self._reply_ok)
+
+    def _setattr(self, req: bytes, unique: int, nodeid: int) -> None:
+        (valid, _, fh, size, _, atime, mtime, _, atimensec, mtimensec, _, mode, _, uid, gid, _) = \
+            P.SETATTR_IN.unpack_from(req, 40)
+        changes = SetAttr()
+        if valid & P.FATTR_MODE:
+            changes.mode = stat.S_IMODE(mode)
+        if valid & P.FATTR_UID:
+            changes.uid = uid
+        if valid & P.FATTR_GID:
+            changes.gid = gid
+        if valid & P.FATTR_SIZE:
+            changes.size = size
+        now = None
+        if valid & P.FATTR_ATIME_NOW:
+            changes.atime = now = time.time()
+        elif valid & P.FATTR_ATIME:
+            changes.atime = atime + atimensec / 1e9
+        if valid & P.FATTR_MTIME_NOW:
+            changes.mtime = now if now is not None else time.time()
+        elif valid & P.FATTR_MTIME:
+            changes.mtime = mtime + mtimensec / 1e9
+        handle = fh if valid & P.FATTR_FH else None
+        self._cold(unique, P.SETATTR, self.fs.setattr(nodeid, handle, changes), self._reply_attr)
+
+    # ------------------------------------------------------------------ cold: namespace
+    def _mkdir(self, req: bytes, unique: int, nodeid: int) -> None:
+        mode, _umask = P.MKDIR_IN.unpack_from(req, 40)
+        try:
+            name = self._names(req, 48, 1)[0]
+        except UnicodeDecodeError:
+            return self._reply_error(unique, errno.EINVAL)
+        self._cold(unique, P.MKDIR, self.fs.mkdir(nodeid, name, stat.S_IMODE(mode)), self._reply_entry)
+
+    def _unlink(self, req: bytes, unique: int, nodeid: int) -> None:
+        try:
+            name = self._names(req, 40, 1)[0]
+        except UnicodeDecodeError:
+            return self._reply_error(unique, errno.EINVAL)
+        self._cold(unique, P.UNLINK, self.fs.unlink(nodeid, name), self._reply_ok)
+
+    def _rmdir(self, req: bytes, unique: int, nodeid: int) -> None:
+        try:
+            name = self._names(req, 40, 1)[0]
+        except UnicodeDecodeError:
+            return self._reply_error(unique, errno.EINVAL)
+        self._cold(unique, P.RMDIR, self.fs.rmdir(nodeid, name), self._reply_ok)
+
+    def _rename(self, req: bytes, unique: int, nodeid: int) -> None:
+        newdir = P.RENAME_IN.unpack_from(req, 40)[0]
+        self._do_rename(req, unique, nodeid, newdir, 0, 48)
+
+    def _rename2(self, req: bytes, unique: int, nodeid: int) -> None:
+        newdir, flags, _ = P.RENAME2_IN.unpack_from(req, 40)
+        self._do_rename(req, unique, nodeid, newdir, flags, 56)
+
+    def _do_rename(self, req: bytes, unique: int, nodeid: int, newdir: int, flags: int, start: int) -> None:
+        try:
+            old, new = self._names(req, start, 2)
+        except UnicodeDecodeError:
+            return self._reply_error(unique, errno.EINVAL)
+        self._cold(unique, P.RENAME, self.fs.rename(nodeid, old, newdir, new, flags), self._reply_ok)
+
+    def _link(self, req: bytes, unique: int, nodeid: int) -> None:
+        # Object stores have no hard links.
+        self._reply_error(unique, errno.EPERM)
+
+    def _symlink(self, req: bytes, unique: int, nodeid: int) -> None:
+        try:
+            name, target = self._names(req, 40, 2)
+        except UnicodeDecodeError:
+            return self._reply_error(unique, errno.EINVAL)
+        self._cold(unique, P.SYMLINK, self.fs.symlink(nodeid, name, target), self._reply_entry)
+
+    def _readlink(self, req: bytes, unique: int, nodeid: int) -> None:
+        self._cold(unique, P.READLINK, self.fs.readlink(nodeid),
+                   lambda u, target: self._reply_data(u, target.encode("utf-8", "surrogateescape")))
+
+    # ------------------------------------------------------------------ xattrs
+    def _getxattr(self, req: bytes, unique: int, nodeid: int) -> None:
+        size = P.GETXATTR_IN.unpack_from(req, 40)[0]
+        try:
+            name = self._names(req, 48, 1)[0]
+        except UnicodeDecodeError:
+            return self._reply_error(unique, errno.EINVAL)
+        if name.startswith(LOCAL_XATTR_PREFIXES):
+            return self._reply_error(unique, errno.ENODATA)
+        self._cold(unique, P.GETXATTR, self._getxattr_cold(nodeid, name),
+                   lambda u, value: self._reply_xattr(u, size, value))
+
+    async def _getxattr_cold(self, ino: int, name: str) -> bytes:
+        try:
+            return await self.fs.getxattr(ino, name)
+        except NotSupported as exc:
+            # fs.types: "NotSupported (ENODATA in FUSE terms) if absent". Answering
+            # EOPNOTSUPP would make the kernel stop asking for every xattr.
+            raise NoSuchAttribute(name) from exc
+
+    def _listxattr(self, req: bytes, unique: int, nodeid: int) -> None:
+        size = P.GETXATTR_IN.unpack_from(req, 40)[0]
+        self._cold(unique, P.LISTXATTR, self._listxattr_cold(nodeid),
+                   lambda u, value: self._reply_xattr(u, size, value))
+
+    async def _listxattr_cold(self, ino: int) -> bytes:
+        try:
+            names = await self.fs.listxattr(ino)
+        except NotSupported:
+            names = []
+        return b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+
+    def _reply_xattr(self, unique: int, size: int, value: bytes) -> None:
+        if size == 0:
+            self._send(P.GETXATTR_REPLY.pack(24, 0, unique, len(value), 0))
+        elif len(value) > size:
+            self._reply_error(unique, errno.ERANGE)
+        else:
+            self._reply_data(unique, value)
+
+    def _setxattr(self, req: bytes, unique: int, nodeid: int) -> None:
+        size, flags = P.SETXATTR_IN.unpack_from(req, 40)
+        nul = req.find(b"\0", 48)
+        try:
+            if nul < 0:
+                raise UnicodeDecodeError("utf-8", b"", 0, 0, "truncated name")
+            name = req[48:nul].decode()
+        except UnicodeDecodeError:
+            return self._reply_error(unique, errno.EINVAL)
+        value = req[nul + 1:nul + 1 + size]
+        self._cold(unique, P.SETXATTR, self.fs.setxattr(nodeid, name, value, flags), self._reply_ok)
+
+    def _removexattr(self, req: bytes, unique: int, nodeid: int) -> None:
+        try:
+            name = self._names(req, 40, 1)[0]
+        except UnicodeDecodeError:
+            return self._reply_error(unique, errno.EINVAL)
+        self._cold(unique, P.REMOVEXATTR, self.fs.removexattr(nodeid, name), self._reply_ok)
+
+    # ------------------------------------------------------------------ notifications
+    def invalidate_inode(self, ino: int, offset: int = 0, length: int = 0) -> None:
+        """Ask the kernel to drop its cached attributes and pages of ino (any thread).
+
+        offset < 0 drops only the attributes; length <= 0 means to the end of the file.
+        """
+        self._notify(P.OUT_HEADER.pack(16 + 24, P.NOTIFY_INVAL_INODE_CODE, 0) + P.NOTIFY_INVAL_INODE.pack(ino, offset, length))
+
+    def invalidate_entry(self, parent: int, name: str) -> None:
+        """Ask the kernel to drop its cached name -> inode entry (any thread)."""
+        raw = name.encode("utf-8", "surrogateescape")
+        body = P.NOTIFY_INVAL_ENTRY.pack(parent, len(raw), 0) + raw + b"\0"
+        self._notify(P.OUT_HEADER.pack(16 + len(body), P.NOTIFY_INVAL_ENTRY_CODE, 0) + body)
+
+    def _notify(self, message: bytes) -> None:
+        if not self.initialized.is_set() or self.finished.is_set():
+            return
+        with self._lock:
+            if self._notify_q is None:
+                self._notify_q = queue.SimpleQueue()
+                threading.Thread(target=self._notifier, name="pailfs-fuse-notify", daemon=True).start()
+        self._notify_q.put(message)
+
+    def _notifier(self) -> None:
+        q = self._notify_q
+        assert q is not None
+        while True:
+            message = q.get()
+            if message is None:
+                return
+            try:
+                os.write(self.fd, message)
+            except OSError as exc:
+                # ENOENT: the kernel does not know that inode/entry (nothing to drop)
+                if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR):
+                    log.warning("FUSE notification failed: %s", exc)
