@@ -155,14 +155,18 @@ class ObjectFileSystem:
                     self._drop(child)
 
     def _evicted(self, node: Node) -> None:
-        """Stat-cache eviction: forget the attributes; drop the inode if nobody holds it."""
+        """Stat-cache eviction: forget the attributes; drop the inode if nobody holds it
+        (the kernel, an open file, or a readdir answer still being paged through)."""
         parent = node.parent
         if parent is not None:
             parent.listed_until = 0.0  # its listing is no longer complete
-            if node.nlookup <= 0 and not node.children and not self.writes.busy(node.ino):
+            if parent.entries is not None and parent.entries_until <= time.monotonic() \
+                    and parent.listed_until <= 0.0:
+                parent.entries = None
+            if node.nlookup <= 0 and not node.children and not self.writes.busy(node.ino) \
+                    and parent.entries is None:
                 if parent.children is not None and parent.children.get(node.name) is node:
                     del parent.children[node.name]
-                    parent.entries = None
                 self._drop(node)
 
     def _set_attrs(self, node: Node, info: ObjectInfo) -> None:
@@ -235,9 +239,11 @@ class ObjectFileSystem:
 
     def cached_readdir(self, ino: int) -> list[tuple[str, Node]] | None:
         node = self.inodes.get(ino)
-        if node is None or node.listed_until <= time.monotonic():
+        if node is None:
             return None
         entries = node.entries
+        if node.listed_until <= time.monotonic():
+            return entries if entries is not None and node.entries_until > time.monotonic() else None
         if entries is None:
             entries = node.entries = list(node.children.items())  # type: ignore[union-attr]
         return entries
@@ -335,17 +341,19 @@ class ObjectFileSystem:
         self.stat_cache.admit(node)
         return node
 
-    async def _ensure_listed(self, dnode: Node) -> None:
+    async def _ensure_listed(self, dnode: Node) -> list[tuple[str, Node]]:
+        """List a directory once, however many lookups ask for it at the same time."""
         task = self._listing.get(dnode.ino)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._list_dir(dnode))
             self._listing[dnode.ino] = task
             task.add_done_callback(lambda _t, ino=dnode.ino: self._listing.pop(ino, None))
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
 
-    async def _list_dir(self, dnode: Node) -> None:
+    async def _list_dir(self, dnode: Node) -> list[tuple[str, Node]]:
         prefix = dnode.key()
         seen: set[str] = set()
+        listed: list[tuple[str, Node]] = []
         children = dnode.children
         assert children is not None
         now = time.monotonic()
@@ -362,6 +370,7 @@ class ObjectFileSystem:
                         node = None
                     if node is None:
                         node = self._new_node(dnode, name, True, mtime=self.started)
+                    listed.append((name, node))
                     self.stat_cache.admit(node, now)
                 for info in page.objects:
                     rel = info.key[len(prefix):]
@@ -384,24 +393,28 @@ class ObjectFileSystem:
                     elif not self.writes.busy(node.ino):
                         if node.etag != info.etag:
                             self._set_attrs(node, info)
+                    listed.append((name, node))
                     self.stat_cache.admit(node, now)
         for name in [n for n in children if n not in seen]:
             if not self.writes.busy(children[name].ino) and not self.writes.pending_create(children[name]):
                 self._detach(children[name])
         dnode.entries = None
-        if self.stat_cache.enabled:
+        if len(children) < len(seen):
+            # larger than the stat cache: keep this answer (it pins its nodes) for the
+            # kernel's READDIRPLUS paging, but never use it to answer lookups
+            dnode.entries = [(name, node) for name, node in listed]
+            dnode.entries_until = time.monotonic() + 10.0
+        elif self.stat_cache.enabled:
             dnode.listed_until = now + self.stat_cache.ttl
             self.stat_cache.admit(dnode, now)
+        return listed
 
     async def readdir(self, ino: int) -> list[tuple[str, Node]]:
         dnode = self._dir(ino)
-        if dnode.listed_until > time.monotonic():
-            return self.cached_readdir(ino) or []
-        await self._ensure_listed(dnode)
-        entries = list(dnode.children.items())  # type: ignore[union-attr]
-        if self.stat_cache.enabled:
-            dnode.entries = entries
-        return entries
+        cached = self.cached_readdir(ino)
+        if cached is not None:
+            return cached
+        return await self._ensure_listed(dnode)
 
     async def statfs(self) -> StatFs:
         return StatFs()

@@ -25,7 +25,7 @@ class Presentation:
 
 class Node:
     __slots__ = ("ino", "parent", "name", "is_dir", "size", "mtime", "etag", "expires",
-                 "nlookup", "children", "listed_until", "entries", "meta", "look", "used")
+                 "nlookup", "children", "listed_until", "entries", "entries_until", "meta", "look", "used")
 
     def __init__(self, ino: int, parent: "Node | None", name: str, is_dir: bool, look: Presentation,
                  size: int = 0, mtime: float = 0.0, etag: str | None = None) -> None:
@@ -41,6 +41,7 @@ class Node:
         self.children: dict[str, Node] | None = {} if is_dir else None
         self.listed_until = 0.0   # dirs: children is the complete listing until then
         self.entries: list[tuple[str, Node]] | None = None  # dirs: readdir answer, built lazily
+        self.entries_until = 0.0  # dirs: an incomplete listing's entries serve readdir paging until then
         self.meta: tuple[int | None, int | None, int | None] | None = None  # (mode, uid, gid) from object metadata
         self.look = look
         self.used = 0             # stat-cache clock tick of the last use
