@@ -52,9 +52,10 @@ class MountInfo:
     mount_id: int
     device: tuple[int, int]  # (major, minor) of st_dev
     mountpoint: str
+    mount_options: str  # per-mount: ro, nosuid, nodev, noatime...
     fstype: str
     source: str
-    options: str
+    options: str        # per-superblock: user_id=, default_permissions...
 
 
 def _unescape(field: str) -> str:
@@ -82,7 +83,7 @@ def mounts() -> list[MountInfo]:
                 continue
             major, _, minor = parts[2].partition(":")
             result.append(MountInfo(int(parts[0]), (int(major), int(minor)), _unescape(parts[4]),
-                                    rparts[0], _unescape(rparts[1]), rparts[2]))
+                                    parts[5], rparts[0], _unescape(rparts[1]), rparts[2]))
     return result
 
 
