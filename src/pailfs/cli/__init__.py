@@ -21,6 +21,7 @@ app = typer.Typer(
 
 # Command modules register on import. Order = order in --help.
 from pailfs.cli import server as _server  # noqa: E402,F401
+from pailfs.cli import objects as _objects  # noqa: E402,F401
 from pailfs.cli import k8s as _k8s  # noqa: E402,F401
 from pailfs.cli import mount as _mount  # noqa: E402,F401
 from pailfs.cli import ckpt as _ckpt  # noqa: E402,F401
