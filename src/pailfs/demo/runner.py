@@ -1,0 +1,321 @@
+"""`pailfs demo`: upload the digits, then train the same job twice.
+
+Run 1, "read-write": the whole bucket through a read-write mount without stat
+cache; checkpoints are written synchronously into the mount, all kept.
+Run 2, "read-write separation": only the data prefix through a read-only mount
+with kernel_cache and a stat cache; checkpoints go through the Checkpointer in
+the background with max_to_keep=1.
+
+Everything this module starts it stops again, on success, failure and Ctrl-C
+(SIGTERM is turned into KeyboardInterrupt by the CLI): mounts are unmounted
+(`pailfs umount`, then `umount -l`), the Checkpointer is closed, and an embedded
+SeaweedFS started for the demo is stopped and its temporary data dir removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TransferSpeedColumn)
+
+from pailfs.demo.data import FILES, make_digits, write_dataset
+from pailfs.demo.training import DirectorySink, RunResult, train
+from pailfs.errors import MountError, PailfsError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKET = "tf-train"
+DATA_PREFIX = "train/data/"
+LOGS_PREFIX = "training_logs/"
+DEFAULT_EPOCHS = 8  # 45 steps an epoch: 360 steps, checkpoints at 100, 200, 300
+QUICK_EPOCHS = 5  # 225 steps: two checkpoints, enough to see max_to_keep=1 at work
+PAILFS = [sys.executable, "-m", "pailfs"]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One of the two training runs."""
+
+    key: str
+    title: str
+    source: str  # `pailfs mount` source; {bucket} is filled in
+    options: str  # `-o` of the mount
+    data_subdir: str  # where the data set is inside the mount
+    checkpoints: str  # how checkpoints are saved, for the report
+
+
+READ_WRITE = RunSpec(
+    "rw", "read-write", "{bucket}", "max_stat_cache_size=0", DATA_PREFIX.rstrip("/"),
+    "synchronous writes into the mount (training_logs/), all kept")
+SEPARATION = RunSpec(
+    "ro", "read-write separation", "{bucket}:/" + DATA_PREFIX.rstrip("/"),
+    "ro,kernel_cache,max_stat_cache_size=10000,umask=022", "",
+    "Checkpointer(s3://{bucket}/training_logs, max_to_keep=1) in the background")
+RUNS = (READ_WRITE, SEPARATION)
+
+
+@dataclass
+class CheckpointRow:
+    """A committed checkpoint as Checkpointer.list() read it back from the bucket."""
+
+    step: int
+    files: list[tuple[str, int]]
+    time: float
+
+
+@dataclass
+class DemoResult:
+    endpoint: str
+    bucket: str
+    epochs: int
+    embedded: bool
+    runs: dict[str, RunResult] = field(default_factory=dict)
+    # keys (relative to the bucket) and sizes each run left under training_logs/
+    objects_left: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    checkpoints: list[CheckpointRow] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+# --- plumbing ---------------------------------------------------------------------
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the store, the Checkpointer and `pailfs mount`
+    (secrets travel in the environment, never in argv); restore them afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+@contextlib.contextmanager
+def _spinner(console: Console, text: str) -> Iterator[None]:
+    # progress only on a terminal: a pipe (CI, tests) gets the plain lines alone
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        progress.add_task(text, total=None)
+        yield
+
+
+@contextlib.contextmanager
+def object_store(endpoint: str | None, bucket: str, console: Console) -> Iterator[tuple[str, bool]]:
+    """Yield (endpoint, embedded) with the environment pointing at the store.
+
+    Without an endpoint an embedded SeaweedFS is started in a temporary data dir
+    (with the bucket) and stopped again, whatever happens inside."""
+    if endpoint:
+        with _environ({"PAILFS_ENDPOINT": endpoint}):
+            yield endpoint, False
+        return
+    from pailfs.server import SeaweedServer
+
+    data_dir = Path(tempfile.mkdtemp(prefix="pailfs-demo-seaweedfs-"))
+    server = SeaweedServer(data_dir)
+    try:
+        with _spinner(console, "starting the embedded SeaweedFS"):
+            state = server.start(buckets=[bucket])
+        console.print(f"Embedded SeaweedFS at {state.endpoint} (bucket {bucket})")
+        with _environ(server.env(state)):
+            yield state.endpoint, True
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")  # mountinfo writes ' ' as \040
+
+
+def is_mounted(path: str | Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            if point == target:
+                return True
+    return False
+
+
+def unmount(mountpoint: Path) -> None:
+    """`pailfs umount`; if that fails or leaves the mount, detach it lazily."""
+    proc = subprocess.run([*PAILFS, "umount", str(mountpoint)], capture_output=True, text=True, timeout=120)
+    if proc.returncode == 0 and not is_mounted(mountpoint):
+        return
+    log.warning("pailfs umount %s failed (%s); detaching lazily", mountpoint,
+                proc.stderr.strip() or f"exit {proc.returncode}")
+    subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=60)
+    if is_mounted(mountpoint):
+        raise MountError(f"could not unmount {mountpoint}")
+
+
+@contextlib.contextmanager
+def mounted(source: str, mountpoint: Path, options: str, console: Console) -> Iterator[Path]:
+    """`pailfs mount SOURCE MOUNTPOINT -o OPTIONS` for the duration of the block."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    try:
+        with _spinner(console, f"mounting {source} on {mountpoint}"):
+            proc = subprocess.run([*PAILFS, "mount", source, str(mountpoint), "-o", options],
+                                  capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    except BaseException:  # timeout or Ctrl-C while mounting: never leave a mount behind
+        if is_mounted(mountpoint):
+            unmount(mountpoint)
+        raise
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise MountError(f"pailfs mount {source} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
+    console.print(f"Mounted {source} on {mountpoint} -o {options}")
+    try:
+        yield mountpoint
+    finally:
+        with _spinner(console, f"unmounting {mountpoint}"):
+            unmount(mountpoint)
+        console.print(f"Unmounted {mountpoint}")
+
+
+class CheckpointerSink:
+    """Checkpoints through the SDK: save() only snapshots, the upload runs in the background."""
+
+    def __init__(self, checkpointer) -> None:
+        self.checkpointer = checkpointer
+        self.max_to_keep = checkpointer.max_to_keep
+        self.futures: list = []
+
+    def save(self, step: int, files: dict[str, bytes]) -> None:
+        self.futures.append(self.checkpointer.save(step, files))
+
+    def finish(self) -> None:
+        self.checkpointer.wait()
+        for fut in self.futures:
+            fut.result()  # a failed upload fails the run
+
+
+# --- store work ---------------------------------------------------------------------
+def _bucket_url(bucket: str) -> str:
+    return f"s3://{bucket}"
+
+
+async def _with_store(bucket: str, work):
+    from pailfs.store import open_store
+
+    store = open_store(_bucket_url(bucket))
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def list_objects(bucket: str, prefix: str) -> list[tuple[str, int]]:
+    """(key, size) of every object under prefix, directory markers left out."""
+    async def work(store):
+        listing = await store.list(prefix)
+        return [(o.key, o.size) for o in listing.objects if not o.key.endswith("/")]
+
+    return asyncio.run(_with_store(bucket, work))
+
+
+def prepare_bucket(bucket: str, dataset_dir: Path, console: Console) -> None:
+    """Empty training_logs/ (so both runs start clean) and upload the four data files."""
+    paths = {DATA_PREFIX + name: dataset_dir / name for name in FILES}
+    total = sum(p.stat().st_size for p in paths.values())
+
+    async def work(store):
+        stale = [o.key for o in (await store.list(LOGS_PREFIX)).objects]
+        if stale:
+            console.print(f"Removing {len(stale)} objects left under {bucket}/{LOGS_PREFIX} by an earlier demo")
+            await store.delete_many(stale)
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      console=console, transient=True, disable=not console.is_terminal) as progress:
+            task = progress.add_task(f"uploading {len(paths)} files to {bucket}/{DATA_PREFIX}", total=total)
+            await asyncio.gather(*(store.put_file(key, path, progress=lambda n: progress.advance(task, n))
+                                   for key, path in paths.items()))
+
+    asyncio.run(_with_store(bucket, work))
+    console.print(f"Uploaded {len(paths)} files ({total:,} bytes) to s3://{bucket}/{DATA_PREFIX}")
+
+
+# --- the two runs ---------------------------------------------------------------------
+def _run_header(console: Console, number: int, spec: RunSpec, bucket: str) -> None:
+    console.rule(f"Run {number}: {spec.title}")
+    console.print(f"mount: pailfs mount {spec.source.format(bucket=bucket)} MNT -o {spec.options}")
+    console.print(f"checkpoints: {spec.checkpoints.format(bucket=bucket)}")
+
+
+def run_read_write(bucket: str, workdir: Path, epochs: int, console: Console) -> RunResult:
+    spec = READ_WRITE
+    _run_header(console, 1, spec, bucket)
+    with mounted(spec.source.format(bucket=bucket), workdir / "mnt-rw", spec.options, console) as mnt:
+        logs = mnt / LOGS_PREFIX.rstrip("/")
+        logs.mkdir(exist_ok=True)  # the job creates its log dir once, before training
+        result = train(mnt / spec.data_subdir, DirectorySink(logs), epochs, emit=console.print)
+    return result
+
+
+def run_separation(bucket: str, workdir: Path, epochs: int, console: Console
+                   ) -> tuple[RunResult, list[CheckpointRow]]:
+    from pailfs.checkpoint import Checkpointer
+
+    spec = SEPARATION
+    _run_header(console, 2, spec, bucket)
+    with mounted(spec.source.format(bucket=bucket), workdir / "mnt-ro", spec.options, console) as mnt:
+        ckpt = Checkpointer(f"{_bucket_url(bucket)}/{LOGS_PREFIX.rstrip('/')}", max_to_keep=1)
+        try:
+            result = train(mnt / spec.data_subdir, CheckpointerSink(ckpt), epochs, emit=console.print)
+            # read back from the bucket: what a restore would find
+            rows = [CheckpointRow(info.step, [(f.name, f.size) for f in info.files], info.time)
+                    for info in ckpt.list()]
+        finally:
+            try:
+                ckpt.close(timeout=60)
+            except PailfsError as exc:  # already failing or interrupted: report, go on cleaning up
+                log.error("closing the Checkpointer: %s", exc)
+    return result, rows
+
+
+def run_demo(*, endpoint: str | None = None, bucket: str = DEFAULT_BUCKET, epochs: int = DEFAULT_EPOCHS,
+             console: Console | None = None) -> DemoResult:
+    """Upload the data, run both trainings and collect what the report shows."""
+    console = console or Console()
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pailfs-demo-")))
+        with _spinner(console, "building the digits data set (scikit-learn, 8x8 -> 28x28)"):
+            digits = make_digits()
+            write_dataset(workdir / "dataset", digits)
+        console.print(f"Data set: {len(digits.train_labels):,} training and {len(digits.test_labels):,} "
+                      "test digits as MNIST IDX .gz files")
+        endpoint, embedded = stack.enter_context(object_store(endpoint, bucket, console))
+        result = DemoResult(endpoint=endpoint, bucket=bucket, epochs=epochs, embedded=embedded)
+        prepare_bucket(bucket, workdir / "dataset", console)
+
+        result.runs[READ_WRITE.key] = run_read_write(bucket, workdir, epochs, console)
+        after_rw = list_objects(bucket, LOGS_PREFIX)
+        result.objects_left[READ_WRITE.key] = after_rw
+
+        result.runs[SEPARATION.key], result.checkpoints = run_separation(bucket, workdir, epochs, console)
+        before = {key for key, _ in after_rw}
+        result.objects_left[SEPARATION.key] = [(k, s) for k, s in list_objects(bucket, LOGS_PREFIX)
+                                               if k not in before]
+        if embedded:
+            console.print("Stopping the embedded SeaweedFS")
+    result.wall_seconds = time.perf_counter() - started
+    return result
