@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -59,6 +60,11 @@ def mount(source: str = typer.Argument(..., help="BUCKET[:/PATH], s3://BUCKET/PA
     _run_foreground(source, mountpoint, opts, ready_fd)
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, PailfsError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
 def _spawn_and_wait(source: str, mountpoint: Path, option: list[str], opts: config.Options) -> None:
     read_end, write_end = os.pipe()
     args = [sys.executable, "-m", "pailfs", "mount", source, str(mountpoint), "-f", "--ready-fd", str(write_end)]
@@ -86,7 +92,8 @@ def _spawn_and_wait(source: str, mountpoint: Path, option: list[str], opts: conf
 
 def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_fd: int | None) -> None:
     from pailfs.fs.core import ObjectFileSystem
-    from pailfs.fuse import FuseMount, check_mountpoint
+    from pailfs.fuse import FuseServer
+    from pailfs.fuse.mount import check_mountpoint
     from pailfs.store import open_store
 
     logging.getLogger().setLevel(logging.DEBUG if opts.debug else logging.INFO)
@@ -113,26 +120,29 @@ def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_f
                 return fs
 
             fs = on_loop(build())
-            session = FuseMount(fs, str(mountpoint), loop, fsname=source, read_only=opts.read_only,
-                                allow_other=opts.allow_other, debug=opts.debug)
-            session.mount()
-        except PailfsError as exc:
-            _report(ready_fd, f"error: {exc}")
-            raise
-        except Exception as exc:  # unexpected: still one line to the waiting parent
-            _report(ready_fd, f"error: {type(exc).__name__}: {exc}")
+            server = FuseServer(fs, str(mountpoint), loop=loop, fs_name=source, read_only=opts.read_only,
+                                allow_other=opts.allow_other, nonempty=opts.nonempty)
+        except Exception as exc:
+            _report(ready_fd, f"error: {_one_line(exc)}")
             raise
 
         def stop(signum, frame):
             log.info("signal %d: unmounting %s", signum, mountpoint)
-            session.stop()
+            server.stop()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        _report(ready_fd, "ok")
-        log.info("mounted %s on %s", source, mountpoint)
-        session.serve()  # until unmounted
+
+        def ready() -> None:
+            _report(ready_fd, "ok")
+            log.info("mounted %s on %s", source, mountpoint)
+
+        try:
+            server.serve(ready_callback=ready)  # until unmounted
+        except Exception as exc:
+            _report(ready_fd, f"error: {_one_line(exc)}")
+            raise
     finally:
         if fs is not None:
             try:
@@ -148,7 +158,32 @@ def umount(mountpoint: Path = typer.Argument(...),
            lazy: bool = typer.Option(False, "-l", "--lazy", help="Detach now, clean up when no longer busy.")) -> None:
     from pailfs.fuse import unmount
 
+    serving = _mount_processes(mountpoint)
     unmount(str(mountpoint), lazy=lazy)
+    # return once the mount process has finished (its last uploads included)
+    deadline = time.monotonic() + 120
+    while serving and time.monotonic() < deadline:
+        serving = [pid for pid in serving if os.path.exists(f"/proc/{pid}")]
+        time.sleep(0.05)
+
+
+def _mount_processes(mountpoint: Path) -> list[int]:
+    """pids of `pailfs mount ... MOUNTPOINT -f` processes serving this mountpoint."""
+    target = os.path.realpath(mountpoint)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv]
+        if "mount" in words and "-f" in words and "pailfs" in " ".join(words[:3]) and \
+                any(os.path.realpath(w) == target for w in words if w.startswith("/")):
+            found.append(int(entry))
+    return found
 
 
 def read_stats(mountpoint: Path) -> dict:
