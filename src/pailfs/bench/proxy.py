@@ -1,0 +1,115 @@
+"""A TCP proxy on 127.0.0.1 that delays each direction by a fixed time.
+
+It models a far-away object store for every system alike (`--latency-ms`). Each
+chunk is stamped when it arrives and forwarded `delay` later by a separate writer
+task, so the link gets latency but keeps its bandwidth (a chunk never waits for
+the delay of the one before it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+
+
+class LatencyProxy:
+    """`with LatencyProxy(upstream_host, upstream_port, delay_ms) as proxy: proxy.endpoint`."""
+
+    def __init__(self, upstream_host: str, upstream_port: int, delay_ms: float, host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.delay = delay_ms / 1000.0
+        self.host = host
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="bench-proxy", daemon=True)
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[asyncio.Task] = set()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "LatencyProxy":
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._accept, self.host, 0), self._loop).result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("latency proxy %s -> %s:%d, %.1f ms each way", self.endpoint, *self.upstream, self.delay * 1000)
+        return self
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for task in list(self._conns):
+                task.cancel()
+            await asyncio.gather(*self._conns, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> "LatencyProxy":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError as exc:
+            log.warning("proxy: upstream %s:%d unreachable: %s", *self.upstream, exc)
+            writer.close()
+            self._conns.discard(task)
+            return
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+            self._conns.discard(task)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def forward() -> None:
+            while True:
+                due, data = await queue.get()
+                wait = due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if not data:  # EOF: half-close so the other side sees it too
+                    with contextlib.suppress(OSError):
+                        if writer.can_write_eof():
+                            writer.write_eof()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        sender = asyncio.create_task(forward())
+        try:
+            while not sender.done():  # a dead writer ends the pipe
+                data = await reader.read(CHUNK)
+                queue.put_nowait((time.monotonic() + self.delay, data))
+                if not data:
+                    break
+            await sender
+        finally:
+            sender.cancel()

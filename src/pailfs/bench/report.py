@@ -1,0 +1,263 @@
+"""Turn samples into results.json, markdown tables (stdout and results.md) and a PNG."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from pailfs.bench.dataset import MIB, Dataset
+
+if TYPE_CHECKING:
+    from pailfs.bench.runner import BenchConfig, Sample
+    from pailfs.bench.systems import System
+    from pailfs.bench.workloads import Workload
+
+PHASES = ("cold", "warm")
+
+
+def _title(wl: "Workload", ds: Dataset | None) -> str:
+    if ds is None:
+        return wl.title
+    return wl.title.format(files=f"{ds.spec.files:,}", big=f"{ds.spec.big_bytes // MIB} MiB")
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _na_reason(wl: "Workload", system: "System") -> str:
+    if wl.kind == "write" and not system.writable:
+        return "read-only system"
+    if system.kind == "sdk" and wl.on_sdk is None:
+        return wl.sdk_note or "not applicable"
+    return "not run"
+
+
+def build(*, cfg: "BenchConfig", systems: Sequence["System"], workloads: Sequence["Workload"], ds: Dataset | None,
+          samples: list["Sample"], checkpoint: dict | None, soak: dict | None, machine: dict,
+          started: dt.datetime, caches_dropped: bool, verified: dict[str, str]) -> dict[str, Any]:
+    rows = []
+    for wl in workloads:
+        for phase in PHASES:
+            for system in systems:
+                mine = [s for s in samples if s.system == system.name and s.workload == wl.name and s.phase == phase]
+                secs = _stats([s.seconds for s in mine])
+                row: dict[str, Any] = {"workload": wl.name, "phase": phase, "system": system.name}
+                if secs is None:
+                    row.update(status="n/a", note=_na_reason(wl, system))
+                else:
+                    row.update(status="ok", seconds=secs,
+                               fs_cpu=statistics.median(s.fs_cpu for s in mine),
+                               client_cpu=statistics.median(s.client_cpu for s in mine),
+                               server_cpu=(statistics.median(s.server_cpu for s in mine)
+                                           if all(s.server_cpu is not None for s in mine) else None))
+                rows.append(row)
+    memory = []
+    for system in systems:
+        walks = [s for s in samples if s.system == system.name and s.workload == "walk" and s.phase == "cold"
+                 and s.rss_before is not None and s.rss_after is not None and s.ops]
+        if walks:
+            per = [(s.rss_after - s.rss_before) / s.ops for s in walks]
+            memory.append({"system": system.name, "entries": walks[0].ops,
+                           "rss_before": statistics.median(s.rss_before for s in walks),
+                           "rss_after": statistics.median(s.rss_after for s in walks),
+                           "bytes_per_entry": statistics.median(per)})
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = {"available": checkpoint.get("available", False), "reason": checkpoint.get("reason", ""),
+                "bytes": checkpoint.get("bytes")}
+        for key in ("stall", "total", "sync"):
+            ckpt[key] = _stats(checkpoint.get(key, []))
+    return {
+        "version": 1,
+        "started": started.isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["pailfs", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("pailfs") else "pailfs bench",
+        "config": {"quick": cfg.quick, "repeat": cfg.repeats, "latency_ms": cfg.latency_ms,
+                   "endpoint": "embedded SeaweedFS" if not cfg.endpoint else cfg.endpoint, "bucket": cfg.bucket,
+                   "caches_dropped": caches_dropped},
+        "dataset": None if ds is None else {**asdict(ds.spec), "bytes": ds.total_bytes, "objects": len(ds.sizes)},
+        "machine": machine,
+        "systems": [{"name": s.name, "kind": s.kind, "description": s.description,
+                     "verified": verified.get(s.name, "no")} for s in systems],
+        "workloads": [{"name": w.name, "title": _title(w, ds), "kind": w.kind} for w in workloads],
+        "results": rows,
+        "memory": memory,
+        "checkpoint": ckpt,
+        "soak": soak,
+        "samples": [asdict(s) for s in samples],
+    }
+
+
+# --- markdown ----------------------------------------------------------------------
+def fmt_s(v: float | None) -> str:
+    if v is None:
+        return "—"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def fmt_ratio(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.1f}×" if v >= 10 else f"{v:.2f}×"
+
+
+def _cell(results: dict, workload: str, phase: str, system: str) -> dict | None:
+    for row in results["results"]:
+        if row["workload"] == workload and row["phase"] == phase and row["system"] == system:
+            return row
+    return None
+
+
+def _median(results: dict, workload: str, phase: str, system: str) -> float | None:
+    row = _cell(results, workload, phase, system)
+    return row["seconds"]["median"] if row and row["status"] == "ok" else None
+
+
+def _table(results: dict, value) -> list[str]:
+    names = [s["name"] for s in results["systems"]]
+    lines = ["| workload | pass | " + " | ".join(names) + " |", "| --- | --- |" + " ---: |" * len(names)]
+    for wl in results["workloads"]:
+        for phase in PHASES:
+            cells = [value(wl["name"], phase, n) for n in names]
+            if all(c == "—" for c in cells):
+                continue
+            lines.append(f"| {wl['title']} | {phase} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(results: dict, full: bool = True) -> str:
+    names = [s["name"] for s in results["systems"]]
+    out: list[str] = []
+    ds = results["dataset"] or {}
+    cfg = results["config"]
+    out.append(f"Data set: {ds.get('objects', 0):,} objects, {ds.get('bytes', 0) / MIB:,.0f} MiB; "
+               f"{cfg['repeat']} repeat(s), median shown; added latency {cfg['latency_ms']:g} ms each way"
+               + ("" if cfg["caches_dropped"] else "; WARNING: page cache NOT dropped (not root): cold = warm")
+               + ".")
+    out += ["", "### Seconds (median; lower is better)", ""]
+
+    def secs(w: str, p: str, n: str) -> str:
+        row = _cell(results, w, p, n)
+        if row is None:
+            return "—"
+        return fmt_s(row["seconds"]["median"]) if row["status"] == "ok" else "n/a"
+
+    out += _table(results, secs)
+    for ref, label in (("s3fs", "s3fs-fuse"), ("local", "local disk")):
+        if ref not in names:
+            continue
+
+        def ratio(w: str, p: str, n: str, ref: str = ref) -> str:
+            v, base = _median(results, w, p, n), _median(results, w, p, ref)
+            return fmt_ratio(v / base) if v is not None and base else "—"
+
+        out += ["", f"### Ratio to {label} (< 1 is faster than {label})", ""]
+        out += _table(results, ratio)
+
+    def cpu(w: str, p: str, n: str) -> str:
+        row = _cell(results, w, p, n)
+        return fmt_s(row["fs_cpu"]) if row and row["status"] == "ok" else "—"
+
+    out += ["", "### CPU seconds (user+sys) of the file-system process (sdk, local: the bench process)", ""]
+    out += _table(results, cpu)
+    if full:
+        def spread(w: str, p: str, n: str) -> str:
+            row = _cell(results, w, p, n)
+            if not row or row["status"] != "ok":
+                return "—"
+            s = row["seconds"]
+            return f"{fmt_s(s['min'])}–{fmt_s(s['max'])} (n={s['n']})"
+
+        out += ["", "### Spread: min–max seconds", ""]
+        out += _table(results, spread)
+    if results["memory"]:
+        out += ["", "### Metadata memory: RSS of the mount process around a cold walk + stat", "",
+                "| system | entries stat-ed | RSS before | RSS after | bytes per entry |", "| --- | ---: | ---: | ---: | ---: |"]
+        for m in results["memory"]:
+            out.append(f"| {m['system']} | {m['entries']:,} | {m['rss_before'] / MIB:.1f} MiB | "
+                       f"{m['rss_after'] / MIB:.1f} MiB | {m['bytes_per_entry']:,.0f} |")
+    ck = results.get("checkpoint")
+    if ck is not None:
+        size = f"{(ck.get('bytes') or 0) // MIB} MiB"
+        out += ["", f"### Checkpoint ({size}): training-loop stall", "",
+                "| what | seconds (median) | min–max |", "| --- | ---: | ---: |"]
+        if not ck["available"]:
+            out.append(f"| Checkpointer.save() async | {ck['reason']} | — |")
+        for key, label in (("stall", "Checkpointer.save() async: stall (returns)"),
+                           ("total", "Checkpointer: save() until wait() returns"),
+                           ("sync", "synchronous upload (obstore put, 20 parts in flight)")):
+            s = ck.get(key)
+            if s:
+                out.append(f"| {label} | {fmt_s(s['median'])} | {fmt_s(s['min'])}–{fmt_s(s['max'])} |")
+        if ck.get("stall") and ck.get("sync"):
+            out.append(f"| stall ratio async / sync | {fmt_ratio(ck['stall']['median'] / ck['sync']['median'])} | |")
+    soak = results.get("soak")
+    if soak:
+        out += ["", "### Soak", "", soak_summary(soak)]
+    m = results["machine"]
+    out += ["", f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_bytes'] / 2**30:.1f} GiB, kernel {m['kernel']}; "
+            f"load average before {m['loadavg_before'][0]:.2f}, after {m['loadavg_after'][0]:.2f}. "
+            "Versions: " + ", ".join(f"{k}: {v}" for k, v in m["versions"].items()) + "."]
+    return "\n".join(out) + "\n"
+
+
+def soak_summary(soak: dict) -> str:
+    return (f"{soak['threads']} reader threads for {soak['seconds']:.0f} s on {soak['system']}: "
+            f"{soak['ops']:,} reads, {soak['errors']} errors; RSS {soak['rss_first'] / MIB:.1f} → "
+            f"{soak['rss_last'] / MIB:.1f} MiB (max {soak['rss_max'] / MIB:.1f} MiB, growth "
+            f"{soak['rss_growth'] / MIB:+.1f} MiB)" + (f"; first error: {soak['first_error']}" if soak.get("first_error") else ""))
+
+
+# --- files -------------------------------------------------------------------------
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = results["workloads"]
+    names = [s["name"] for s in results["systems"]]
+    cols = 2
+    rows = max(1, (len(workloads) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 2.2 + 2.1 * rows), squeeze=False)
+    for ax, wl in zip(axes.flat, workloads):
+        ys = range(len(names))
+        for offset, phase, color in ((-0.2, "cold", "#4878d0"), (0.2, "warm", "#ee854a")):
+            bars = [(y + offset, v) for y, n in zip(ys, names)
+                    if (v := _median(results, wl["name"], phase, n))]  # n/a cells get no bar
+            if bars:
+                ax.barh([b[0] for b in bars], [b[1] for b in bars], height=0.4, color=color, label=phase)
+        ax.set_yticks(list(ys), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_title(wl["title"], fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel("seconds (log)", fontsize=8)
+    for ax in list(axes.flat)[len(workloads):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("pailfs bench: seconds, median (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text("# pailfs bench results\n\n" + markdown(results, full=True))
+    chart(results, out / "chart.png")

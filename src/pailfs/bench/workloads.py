@@ -1,0 +1,225 @@
+"""The timed workloads, each written once for a directory and once for the SDK.
+
+A workload function gets a Session and the Dataset (and, for writes, a fresh
+relative destination) and returns the number of operations it did; the runner
+times it. Readers use os.open/os.read (no Python buffering) unless the workload
+says `open()`, because DESIGN.md shows the two differ on FUSE.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import obstore
+
+from pailfs.bench.dataset import MIB, Dataset
+from pailfs.bench.systems import Session
+
+THREADS = 8
+CREATE_FILES = 1000
+SMALL_FILE = 3 * 1024
+
+Op = Callable[[Session, Dataset, str], int]
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str  # id used on the command line and in results.json
+    title: str  # may name {files} and {big}: filled in from the data set
+    kind: str  # "read" or "write"
+    on_fs: Op
+    on_sdk: Op | None  # None: not applicable to the SDK (says why in sdk_note)
+    sdk_note: str = ""
+
+
+# --- helpers -------------------------------------------------------------------
+def _read_whole(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        n = 0
+        while chunk := os.read(fd, MIB):
+            n += len(chunk)
+        return n
+    finally:
+        os.close(fd)
+
+
+def _in_threads(items: list, fn: Callable[[object], object], threads: int) -> None:
+    """fn over items in `threads` threads, each taking every n-th item (no per-item executor cost)."""
+    errors: list[BaseException] = []
+
+    def worker(part: list) -> None:
+        try:
+            for item in part:
+                fn(item)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=worker, args=(items[i::threads],)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
+
+
+def _paths(session: Session, keys: list[str]) -> list[str]:
+    root = str(session.root)
+    return [f"{root}/{k}" for k in keys]
+
+
+def _sdk_get(session: Session, key: str) -> int:
+    return len(obstore.get(session.store, key).bytes())
+
+
+# --- reads -------------------------------------------------------------------
+def mnist_fs(s: Session, ds: Dataset, dest: str) -> int:
+    for p in _paths(s, ds.mnist_keys):
+        _read_whole(p)
+    return len(ds.mnist_keys)
+
+
+def mnist_sdk(s: Session, ds: Dataset, dest: str) -> int:
+    for key in ds.mnist_keys:
+        _sdk_get(s, key)
+    return len(ds.mnist_keys)
+
+
+def walk_fs(s: Session, ds: Dataset, dest: str) -> int:
+    n = 0
+    for root, _dirs, files in os.walk(f"{s.root}/folder"):
+        for name in files:
+            os.stat(f"{root}/{name}")
+            n += 1
+    if n != len(ds.folder_keys):
+        raise AssertionError(f"walk saw {n} files, expected {len(ds.folder_keys)}")
+    return n
+
+
+def walk_sdk(s: Session, ds: Dataset, dest: str) -> int:
+    # LIST carries size and mtime: the SDK's walk + stat
+    n = sum(len(batch) for batch in obstore.list(s.store, "folder/", chunk_size=1000))
+    if n != len(ds.folder_keys):
+        raise AssertionError(f"LIST saw {n} objects, expected {len(ds.folder_keys)}")
+    return n
+
+
+def folder_paths(s: Session, ds: Dataset) -> list[str]:
+    return _paths(s, sorted(ds.folder_keys))
+
+
+def read1_fs(s: Session, ds: Dataset, dest: str) -> int:
+    paths = folder_paths(s, ds)
+    for p in paths:
+        _read_whole(p)
+    return len(paths)
+
+
+def read1_open_fs(s: Session, ds: Dataset, dest: str) -> int:
+    paths = folder_paths(s, ds)
+    for p in paths:
+        with open(p, "rb") as f:
+            f.read()
+    return len(paths)
+
+
+def read1_sdk(s: Session, ds: Dataset, dest: str) -> int:
+    keys = sorted(ds.folder_keys)
+    for key in keys:
+        _sdk_get(s, key)
+    return len(keys)
+
+
+def read8_fs(s: Session, ds: Dataset, dest: str) -> int:
+    paths = folder_paths(s, ds)
+    _in_threads(paths, _read_whole, THREADS)
+    return len(paths)
+
+
+def read8_sdk(s: Session, ds: Dataset, dest: str) -> int:
+    keys = sorted(ds.folder_keys)
+    _in_threads(keys, lambda k: _sdk_get(s, k), THREADS)
+    return len(keys)
+
+
+def big_fs(s: Session, ds: Dataset, dest: str) -> int:
+    buf = bytearray(MIB)
+    n = 0
+    with open(f"{s.root}/{ds.big_key}", "rb", buffering=0) as f:
+        while got := f.readinto(buf):
+            n += got
+    if n != ds.sizes[ds.big_key]:
+        raise AssertionError(f"read {n} bytes of {ds.big_key}, expected {ds.sizes[ds.big_key]}")
+    return n // MIB
+
+
+def big_sdk(s: Session, ds: Dataset, dest: str) -> int:
+    n = 0
+    for chunk in obstore.get(s.store, ds.big_key).stream(min_chunk_size=MIB):
+        n += len(chunk)
+    if n != ds.sizes[ds.big_key]:
+        raise AssertionError(f"got {n} bytes of {ds.big_key}, expected {ds.sizes[ds.big_key]}")
+    return n // MIB
+
+
+# --- writes (dest: a fresh relative directory) ----------------------------------
+_PAYLOAD = os.urandom(MIB)
+
+
+def create_fs(s: Session, ds: Dataset, dest: str) -> int:
+    base = f"{s.root}/{dest}"
+    os.makedirs(base, exist_ok=True)
+    for i in range(CREATE_FILES):
+        fd = os.open(f"{base}/{i:04d}.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, _PAYLOAD[i:i + SMALL_FILE])
+        finally:
+            os.close(fd)  # rw mounts upload here
+    return CREATE_FILES
+
+
+def create_sdk(s: Session, ds: Dataset, dest: str) -> int:
+    for i in range(CREATE_FILES):
+        obstore.put(s.store, f"{dest}/{i:04d}.bin", _PAYLOAD[i:i + SMALL_FILE])
+    return CREATE_FILES
+
+
+def write_big_fs(s: Session, ds: Dataset, dest: str) -> int:
+    base = f"{s.root}/{dest}"
+    os.makedirs(base, exist_ok=True)
+    chunks = ds.spec.big_bytes // MIB
+    fd = os.open(f"{base}/big.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(chunks):
+            os.write(fd, _PAYLOAD)
+    finally:
+        os.close(fd)
+    return chunks
+
+
+def write_big_sdk(s: Session, ds: Dataset, dest: str) -> int:
+    chunks = ds.spec.big_bytes // MIB
+    # an iterable makes obstore upload in parts, several in flight: its best case
+    obstore.put(s.store, f"{dest}/big.bin", (_PAYLOAD for _ in range(chunks)),
+                chunk_size=8 * MIB, max_concurrency=8)
+    return chunks
+
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload("mnist", "read the 4 MNIST files", "read", mnist_fs, mnist_sdk),
+    Workload("walk", "walk + stat folder/ ({files} files)", "read", walk_fs, walk_sdk),
+    Workload("read1", "read folder/ ({files} files), 1 thread, os.read", "read", read1_fs, read1_sdk),
+    Workload("read1-open", "read folder/ ({files} files), 1 thread, open()", "read", read1_open_fs, None,
+             "no open() in an SDK; see read1"),
+    Workload("read8", "read folder/ ({files} files), 8 threads, os.read", "read", read8_fs, read8_sdk),
+    Workload("big", "read big/ ({big}) sequentially, 1 MiB reads", "read", big_fs, big_sdk),
+    Workload("create", f"create {CREATE_FILES:,} small files", "write", create_fs, create_sdk),
+    Workload("write-big", "write one {big} file, 1 MiB writes", "write", write_big_fs, write_big_sdk),
+)
+BY_NAME = {w.name: w for w in WORKLOADS}
+DEFAULT_WORKLOADS = tuple(w.name for w in WORKLOADS) + ("checkpoint",)
