@@ -58,6 +58,7 @@ from pailfs.checkpoint.manifest import (
 from pailfs.checkpoint.snapshot import Snapshot, Source, StagedFile, Stager
 from pailfs.errors import CheckpointError, NotFound, PailfsError
 from pailfs.store.base import ObjectStore
+from pailfs.store.s3api import S3Api
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class _LoopThread:
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
+        # file reads and hashing; an own pool so close() need not join a stuck worker
+        self.executor = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix=name + "-io")
+        self.loop.set_default_executor(self.executor)
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
@@ -93,13 +97,10 @@ class _LoopThread:
     def stop(self) -> None:
         if self.loop.is_closed():
             return
-        try:
-            self.submit(self.loop.shutdown_default_executor()).result(30)
-        except Exception:  # a stuck worker thread must not hang close()
-            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
@@ -466,12 +467,13 @@ class Checkpointer:
 
     async def _abort_stale_uploads(self, grace_period: float) -> int:
         """Abort multipart uploads under the prefix older than grace_period (S3 stores only)."""
-        api = getattr(self.store, "api", None) or getattr(self.store, "s3api", None)
+        # S3Store keeps its signed client private (`_api`); no public accessor yet
+        api = getattr(self.store, "api", None) or getattr(self.store, "_api", None)
         bucket = getattr(self.store, "bucket", None)
-        if api is None or not bucket or not hasattr(api, "request"):
+        if not isinstance(api, S3Api) or not bucket:
             log.debug("store %s cannot list multipart uploads; skipping", type(self.store).__name__)
             return 0
-        root = getattr(self.store, "prefix", "") or ""
+        root = getattr(self.store, "root", None) or getattr(self.store, "prefix", "") or ""
         if root and not root.endswith("/"):
             root += "/"
         try:

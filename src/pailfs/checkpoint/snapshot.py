@@ -136,20 +136,20 @@ class Stager:
     def snapshot(self, step: int, source: Source) -> Snapshot:
         """Take the snapshot of one save; on error nothing is left behind."""
         snap = Snapshot([])
+        if isinstance(source, Mapping):
+            self._from_mapping(snap, source)
+            return snap
+        files = _enumerate_files(source)
+        names = [name for name, _, _ in files]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise CheckpointError(f"two files would have the same name in the checkpoint: {', '.join(dup)}")
         try:
-            if isinstance(source, Mapping):
-                self._from_mapping(snap, source)
-            else:
-                for name, path, near in _enumerate_files(source):
-                    self._stage_file(snap, step, name, path, near)
+            for name, path, near in files:
+                self._stage_file(snap, step, name, path, near)
         except BaseException:
             snap.discard()
             raise
-        names = [f.name for f in snap.files]
-        if len(set(names)) != len(names):
-            snap.discard()
-            dup = sorted({n for n in names if names.count(n) > 1})
-            raise CheckpointError(f"two files would have the same name in the checkpoint: {', '.join(dup)}")
         return snap
 
     @staticmethod
