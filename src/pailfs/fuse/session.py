@@ -14,6 +14,7 @@ Concurrency invariants
 * Threads: N reader threads (1 by default; a second one did not help the
   8-thread cold workload, the loop does the I/O), the fs's loop thread, and a
   notifier thread started on the first invalidation.
+* Cold requests reach the loop by `loop.call_soon_threadsafe(loop.create_task, ...)`.
 * Every reply is one `os.write` (or `os.writev`) of a complete message; the
   kernel takes each write atomically, so readers and the loop reply without
   a lock, in any order.
@@ -174,9 +175,13 @@ class FuseSession:
     def serve_forever(self) -> None:
         """Read and answer requests until the connection ends (ENODEV) or stop()."""
         fd = self.fd
-        read = os.read
+        # One preallocated buffer per reader: os.read(fd, 1 MiB) would mmap, mremap and
+        # munmap a fresh 1 MiB buffer for every request (~13 us); readv into this costs ~1 us.
+        buf = bytearray(self.buffer_size)
+        bufs = [buf]
+        view = memoryview(buf)
+        readv = os.readv
         write = os.write
-        bufsize = self.buffer_size
         head = P.IN_HEADER_HEAD.unpack_from
         pack_error = P.ERROR_REPLY.pack
         handlers = self._handlers
@@ -186,7 +191,7 @@ class FuseSession:
         ENOTTY = -errno.ENOTTY
         while True:
             try:
-                req = read(fd, bufsize)
+                n = readv(fd, bufs)
             except OSError as exc:
                 code = exc.errno
                 if code == errno.ENOENT or code == errno.EINTR or code == errno.EAGAIN:
@@ -194,7 +199,7 @@ class FuseSession:
                 if code == errno.ENODEV:
                     return    # unmounted / connection aborted
                 raise
-            _, opcode, unique, nodeid = head(req)
+            _, opcode, unique, nodeid = head(buf)
             if opcode == IOCTL:
                 counts[IOCTL] += 1
                 try:
@@ -207,7 +212,7 @@ class FuseSession:
                 continue
             counts[opcode] += 1
             try:
-                handlers[opcode](req, unique, nodeid)
+                handlers[opcode](view[:n].tobytes(), unique, nodeid)
             except Exception as exc:  # a bug in a handler must not end the session
                 log.exception("FUSE %s failed", P.OPCODE_NAMES.get(opcode, opcode))
                 self._reply_error(unique, errno_of(exc))
@@ -271,9 +276,14 @@ class FuseSession:
     # ------------------------------------------------------------------ cold path
     def _cold(self, unique: int, opcode: int, coro: Any, finish: Callable[[int, Any], None]) -> None:
         """Run coro on the loop; finish(unique, result) replies, an exception replies its errno."""
+        # call_soon_threadsafe(create_task) rather than run_coroutine_threadsafe: no
+        # concurrent.futures.Future to chain, 8 us instead of 17 us per request (measured).
+        # The task is kept alive by the loop's ready queue, then by _inflight.
+        wrapper = self._run_cold(unique, opcode, coro, finish)
         try:
-            asyncio.run_coroutine_threadsafe(self._run_cold(unique, opcode, coro, finish), self.loop)
+            self.loop.call_soon_threadsafe(self.loop.create_task, wrapper)
         except RuntimeError:  # the loop is closed: we are shutting down
+            wrapper.close()
             coro.close()
             self._reply_error(unique, errno.EIO)
 
