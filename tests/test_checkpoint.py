@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -180,7 +181,7 @@ def test_latest_never_returns_an_uncommitted_step(url):
         ck.close(30)
 
 
-def test_killed_mid_upload_keeps_previous_and_next_checkpointer_cleans_up(url, tmp_path):
+def test_killed_mid_upload_keeps_previous_and_next_checkpointer_cleans_up(url, tmp_path, seaweed):
     big = tmp_path / "src"
     big.mkdir()
     block = os.urandom(1 << 20)
@@ -223,6 +224,26 @@ def test_killed_mid_upload_keeps_previous_and_next_checkpointer_cleans_up(url, t
         ck.wait()
         assert [i.step for i in ck.list()] == [3]
     assert steps_of(bucket_keys(url)) == [3]
+    assert multipart_uploads(url, seaweed) == []  # the killed multipart upload was aborted
+
+
+def multipart_uploads(url: str, seaweed) -> list[str]:
+    """Keys of unfinished multipart uploads under the URL's prefix (S3 ListMultipartUploads)."""
+    from pailfs.server import REGION
+    from pailfs.store.s3api import S3Api
+
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+
+    async def run() -> list[str]:
+        api = S3Api(seaweed.state().endpoint, seaweed.credentials(), REGION)
+        try:
+            resp = await api.request("GET", bucket, query={"uploads": "", "prefix": prefix + "/"})
+            assert resp.status_code == 200, resp.text
+            return re.findall(r"<Key>([^<]*)</Key>", resp.text)
+        finally:
+            await api.aclose()
+
+    return asyncio.run(run())
 
 
 def test_leftovers_younger_than_grace_period_are_kept(url):
