@@ -586,3 +586,27 @@ def test_init_negotiation(mount):
     assert m2.server.session.init_flags & P.ATOMIC_O_TRUNC
     info = fmount.find_mount(m.path)
     assert set(info.mount_options.split(",")) >= {"ro", "nosuid", "nodev", "noatime"}
+
+
+def test_invalidation_notifications(mount):
+    fs = dataset()
+    m = mount(fs)
+    path = m.p("hello.txt")
+    assert open(path, "rb").read() == b"hello, world\n"
+    ino = os.stat(path).st_ino
+    fs.nodes[ino].data = b"HELLO, WORLD\n"  # changed behind the kernel's back
+    assert open(path, "rb").read() == b"hello, world\n"  # the page cache is kept
+    m.server.session.invalidate_inode(ino)
+    deadline = time.monotonic() + 5
+    while open(path, "rb").read() != b"HELLO, WORLD\n":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+    del fs.nodes[1].children["hello.txt"]
+    fs._entries.clear()
+    assert os.path.exists(path)  # the kernel still has the entry
+    m.server.session.invalidate_entry(1, "hello.txt")
+    deadline = time.monotonic() + 5
+    while os.path.exists(path):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
