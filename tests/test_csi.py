@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -443,3 +444,243 @@ def _cmdline(proc_dir: Path) -> str:
         return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+# ---- real publishes: `pailfs mount` on SeaweedFS through the plugin -------------------
+
+DATA = {
+    "tf-train/train/data/train-images-idx3-ubyte.gz": b"images" * 1000,
+    "tf-train/train/data/train-labels-idx1-ubyte.gz": b"labels" * 100,
+    "tf-train/train/data/sub/notes.txt": b"hello from the bucket\n",
+    "tf-train/training_logs/keep.txt": b"not part of the data set\n",
+}
+
+
+def proc_mounts() -> list[str]:
+    with open("/proc/mounts") as f:
+        return [line.split()[1] for line in f]
+
+
+def daemons_for(target: Path) -> list[int]:
+    """pids of `pailfs mount` processes serving target."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            cmd = _cmdline(p)
+            if " mount " in cmd and str(target) in cmd and "pailfs" in cmd:
+                pids.append(int(p.name))
+    return pids
+
+
+@pytest.fixture
+def volume(s3_env, bucket, s3_endpoint, s3_credentials):
+    from mounts import put_objects
+
+    put_objects(f"s3://{bucket}", DATA)
+    context = {"bucket": bucket, "url": s3_endpoint, "path": "/tf-train/train/data",
+               "otherOpts": "kernel_cache,max_stat_cache_size=10000,umask=022"}
+    secrets = {"akId": s3_credentials.access_key, "akSecret": s3_credentials.secret_key}
+    return context, secrets
+
+
+@pytest.fixture
+def targets(tmp_path):
+    """Pod volume paths as kubelet makes them; whatever a test leaves mounted is
+    detached and its daemon killed, even when the test failed."""
+    made: list[Path] = []
+
+    def new(pod: str) -> Path:
+        path = tmp_path / "pods" / pod / "volumes" / "kubernetes.io~csi" / "data" / "mount"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        made.append(path)
+        return path
+
+    yield new
+    from pailfs.csi import mounts
+
+    for path in made:
+        for _ in range(8):
+            if not mounts.is_mount_point(str(path)):
+                break
+            try:
+                mounts.unmount(str(path), lazy=True)
+            except OSError:
+                break
+        for pid in daemons_for(path):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def publish(node, volume, target, volume_id="pv-data", **kw):
+    context, secrets = volume
+    req = publish_request(volume_id, target, context=dict(context, **kw.pop("context", {})), secrets=secrets, **kw)
+    node.NodePublishVolume(req, timeout=90)
+
+
+def unpublish(node, target, volume_id="pv-data"):
+    node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target)),
+                             timeout=90)
+
+
+def assert_reads_data_set(target: Path) -> None:
+    assert sorted(os.listdir(target)) == ["sub", "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    assert (target / "train-images-idx3-ubyte.gz").read_bytes() == DATA["tf-train/train/data/train-images-idx3-ubyte.gz"]
+    assert (target / "sub" / "notes.txt").read_text() == "hello from the bucket\n"
+
+
+def assert_read_only(target: Path) -> None:
+    with pytest.raises(OSError) as info:
+        (target / "new-file").write_bytes(b"x")
+    assert info.value.errno == errno.EROFS
+    with pytest.raises(OSError) as info:
+        os.unlink(target / "train-labels-idx1-ubyte.gz")
+    assert info.value.errno == errno.EROFS
+    with pytest.raises(OSError) as info:
+        with open(target / "sub" / "notes.txt", "r+b"):
+            pass
+    assert info.value.errno == errno.EROFS
+
+
+def test_publish_reader_only_mounts_the_data_set_read_only(stubs, plugin, volume, targets):
+    _, node = stubs
+    target = targets("pod-a")
+    publish(node, volume, target, mode=Mode.MULTI_NODE_READER_ONLY)
+    assert str(target) in proc_mounts()
+    assert_reads_data_set(target)
+    assert_read_only(target)
+    # the access key is in the private passwd file only: not in any process's argv, not in the log
+    _, secrets = volume
+    cmdlines = [_cmdline(p) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    assert daemons_for(target)
+    assert not any(secrets["akSecret"] in c for c in cmdlines)
+    assert secrets["akSecret"] not in plugin.log.read_text()
+    unpublish(node, target)
+    assert str(target) not in proc_mounts()
+    assert not target.exists()
+    assert not any(plugin.state_dir.iterdir()), "credentials left on the node after unpublish"
+
+
+def test_rw_in_other_opts_cannot_defeat_a_reader_only_mode(stubs, volume, targets):
+    _, node = stubs
+    target = targets("pod-rw")
+    publish(node, volume, target, mode=Mode.SINGLE_NODE_READER_ONLY,
+            context={"otherOpts": "kernel_cache,rw,umask=022"}, flags=("rw",))
+    assert_reads_data_set(target)
+    assert_read_only(target)
+    unpublish(node, target)
+
+
+def test_readonly_flag_with_a_writer_mode_is_read_only(stubs, volume, targets):
+    _, node = stubs
+    target = targets("pod-flag")
+    publish(node, volume, target, mode=Mode.MULTI_NODE_MULTI_WRITER, readonly=True)
+    assert_read_only(target)
+    unpublish(node, target)
+
+
+def test_writer_mode_mounts_read_write(stubs, volume, targets, bucket):
+    from mounts import get_object
+
+    _, node = stubs
+    target = targets("pod-writer")
+    publish(node, volume, target, mode=Mode.SINGLE_NODE_WRITER, context={"otherOpts": "max_stat_cache_size=0"})
+    (target / "written-by-pod.txt").write_bytes(b"from the pod\n")
+    unpublish(node, target)
+    assert get_object(f"s3://{bucket}", "tf-train/train/data/written-by-pod.txt") == b"from the pod\n"
+
+
+def test_publish_is_idempotent(stubs, volume, targets):
+    _, node = stubs
+    target = targets("pod-idem")
+    publish(node, volume, target)
+    daemons = daemons_for(target)
+    publish(node, volume, target)
+    assert proc_mounts().count(str(target)) == 1
+    assert daemons_for(target) == daemons, "a second publish started another mount"
+    assert_reads_data_set(target)
+    unpublish(node, target)
+    unpublish(node, target)  # and so is unpublish
+    assert str(target) not in proc_mounts()
+
+
+def test_two_pods_on_one_node_share_a_volume(stubs, volume, targets):
+    _, node = stubs
+    a, b = targets("pod-1"), targets("pod-2")
+    publish(node, volume, a)
+    publish(node, volume, b)
+    unpublish(node, a)
+    assert_reads_data_set(b)  # the other pod's mount keeps working
+    unpublish(node, b)
+    mounted = proc_mounts()
+    assert str(a) not in mounted and str(b) not in mounted
+
+
+def test_dead_mount_is_replaced_on_publish(stubs, volume, targets):
+    _, node = stubs
+    target = targets("pod-dead")
+    publish(node, volume, target)
+    for pid in daemons_for(target):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.stat(target)
+        except OSError as exc:
+            # ENOTCONN, or ECONNABORTED when the daemon asked for FUSE_ABORT_ERROR
+            assert exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the mount did not go stale after its daemon was killed")
+    publish(node, volume, target)
+    assert proc_mounts().count(str(target)) == 1
+    assert_reads_data_set(target)
+    unpublish(node, target)
+    assert str(target) not in proc_mounts()
+
+
+def test_unpublish_of_a_dead_mount(stubs, volume, targets):
+    _, node = stubs
+    target = targets("pod-dead2")
+    publish(node, volume, target)
+    for pid in daemons_for(target):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    unpublish(node, target)
+    assert str(target) not in proc_mounts()
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_mount_survives_a_plugin_restart(plugin, volume, targets, sig):
+    target = targets("pod-restart")
+    with grpc.insecure_channel(plugin.endpoint) as ch:
+        publish(csi_pb2_grpc.NodeStub(ch), volume, target)
+    plugin.stop(sig)
+    assert_reads_data_set(target)  # no plugin running: the pod still reads
+    plugin.start()
+    assert_reads_data_set(target)
+    with grpc.insecure_channel(plugin.endpoint) as ch:
+        node = csi_pb2_grpc.NodeStub(ch)
+        publish(node, volume, target)  # kubelet may republish after a restart: still one mount
+        assert proc_mounts().count(str(target)) == 1
+        unpublish(node, target)
+    assert str(target) not in proc_mounts()
+    deadline = time.monotonic() + 10
+    while daemons_for(target) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not daemons_for(target), "the mount's daemon outlived the unpublish"
+
+
+def test_publish_with_wrong_credentials_fails_cleanly(stubs, volume, targets, plugin):
+    _, node = stubs
+    target = targets("pod-badkey")
+    context, secrets = volume
+    bad = {"akId": secrets["akId"], "akSecret": "wrong-" + secrets["akSecret"]}
+    err = error_of(node.NodePublishVolume, publish_request("pv-bad", target, context=context, secrets=bad))
+    assert err.code() == grpc.StatusCode.INTERNAL
+    assert bad["akSecret"] not in err.details() and bad["akSecret"] not in plugin.log.read_text()
+    assert str(target) not in proc_mounts()
+    assert not any(plugin.state_dir.iterdir())

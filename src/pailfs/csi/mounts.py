@@ -16,6 +16,9 @@ import os
 log = logging.getLogger(__name__)
 
 MNT_DETACH = 2  # <sys/mount.h>: lazy unmount, works on a mount whose daemon died
+# What stat(2) answers on a FUSE mount whose daemon is gone: ENOTCONN, or
+# ECONNABORTED when the daemon had asked for FUSE_ABORT_ERROR.
+DEAD_MOUNT_ERRNOS = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
@@ -65,12 +68,12 @@ def _is_dead(path: str) -> bool:
     try:
         os.stat(path)
     except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+        return exc.errno in DEAD_MOUNT_ERRNOS
     return False
 
 
 def is_dead_mount(path: str) -> bool:
-    """True when stat(path) fails with ENOTCONN: a FUSE mount whose daemon is gone."""
+    """True when stat(path) fails with ENOTCONN/ECONNABORTED: a FUSE mount whose daemon is gone."""
     return _is_dead(path)
 
 
@@ -83,7 +86,7 @@ def unmount(path: str, lazy: bool = False) -> None:
 
 def unmount_all(path: str, attempts: int = 8) -> None:
     """Remove every mount stacked on `path`: a clean unmount first, a lazy one
-    when the mount is dead (ENOTCONN) or still busy, so an unpublish never hangs."""
+    when the mount is dead or still busy, so an unpublish never hangs."""
     for _ in range(attempts):
         if not is_mount_point(path):
             return

@@ -240,7 +240,7 @@ class NodeService:
                 if not mounts.is_dead_mount(target):
                     log.info("volume %s already published at %s", req.volume_id, target)
                     return
-                log.warning("volume %s: mount at %s is dead (ENOTCONN); detaching and mounting again",
+                log.warning("volume %s: mount at %s is dead (its daemon is gone); detaching and mounting again",
                             req.volume_id, target)
                 mounts.unmount_all(target)
             try:
