@@ -164,7 +164,9 @@ class SeaweedServer:
             "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
             "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={ports['s3_grpc']}",
             f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=1024", "-volume.max=0", "-master.telemetry=false",
+            # every bucket is a collection that grows 7 volumes on first write; "auto"
+            # (free disk / 1 GB) allowed only ~10 written buckets per server
+            "-master.volumeSizeLimitMB=1024", "-volume.max=1000", "-master.telemetry=false",
             "-filer.localSocket=" + str(self.data_dir / "filer.sock"),
             "-s3.localSocket=" + str(self.data_dir / "s3.sock"),
         ]
