@@ -289,6 +289,13 @@ class S3Store(ObjectStore):
     def _full(self, key: str) -> str:
         return self.root + key
 
+    def _key(self, key: str) -> str:
+        """Full key of an object operation. '.' and '..' segments are refused: HTTP
+        clients and S3 servers (SeaweedFS) rewrite them, so the object would land elsewhere."""
+        if any(part in (".", "..") for part in key.split("/")) or not key:
+            raise StoreError(f"key {key!r} cannot be stored: empty, or a '.' or '..' path segment")
+        return self.root + key
+
     def _where(self, key: str | None) -> str:
         return f"s3://{self.bucket}/{self._full(key) if key is not None else self.root}"
 
@@ -334,7 +341,7 @@ class S3Store(ObjectStore):
 
     # --- reads -----------------------------------------------------------
     async def head(self, key: str) -> ObjectInfo:
-        resp = await self._api_call("HEAD", self._full(key), "stat", key)
+        resp = await self._api_call("HEAD", self._key(key), "stat", key)
         self._count("head")
         h = resp.headers
         metadata = {name[len("x-amz-meta-"):]: value for name, value in h.items()
@@ -346,7 +353,7 @@ class S3Store(ObjectStore):
         lo = start or 0
         if end is not None and end <= lo:
             return b""
-        full = self._full(key)
+        full = self._key(key)
         if not obstore_can_spell(full):
             headers = {}
             if start is not None or end is not None:
@@ -417,8 +424,8 @@ class S3Store(ObjectStore):
         The first request is a ranged GET of one part; if the object is larger, the
         other parts follow in parallel, pinned to the first part's ETag."""
         path = Path(path)
+        full = self._key(key)
         tmp = path.with_name(f".{path.name}.pailfs-{uuid.uuid4().hex[:8]}")
-        full = self._full(key)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as exc:
@@ -493,7 +500,7 @@ class S3Store(ObjectStore):
     # --- writes ----------------------------------------------------------
     async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         meta = _check_metadata(metadata)
-        full = self._full(key)
+        full = self._key(key)
         if not obstore_can_spell(full):
             resp = await self._api_call("PUT", full, "write", key, headers=self._meta_headers(meta), body=bytes(data))
             etag = resp.headers.get("etag")
@@ -511,7 +518,7 @@ class S3Store(ObjectStore):
     async def put_file(self, key: str, path: str | Path, metadata: Mapping[str, str] | None = None,
                        progress: ProgressFn | None = None) -> ObjectInfo:
         meta = _check_metadata(metadata)
-        full = self._full(key)
+        full = self._key(key)
         try:
             f = open(path, "rb")
         except OSError as exc:
@@ -532,8 +539,9 @@ class S3Store(ObjectStore):
             except Exception as exc:  # noqa: BLE001
                 if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, obx.BaseError)):
                     # raised by our file object: a local read error
-                    raise StoreError(f"upload {self._where(key)}: cannot read {path}: "
-                                     f"{exc.strerror or type(exc).__name__}") from None
+                    # (obstore re-raises it as a bare OSError whose text is our own)
+                    reason = exc.strerror or str(exc).splitlines()[0][:200] or type(exc).__name__
+                    raise StoreError(f"upload {self._where(key)}: cannot read {path}: {reason}") from None
                 await self._raise(exc, "upload", key)
         parts = -(-size // self.part_size)
         self.stats.requests["put_part"] += parts
@@ -541,7 +549,7 @@ class S3Store(ObjectStore):
         return ObjectInfo(key, size, time.time(), result["e_tag"], meta)
 
     async def delete(self, key: str) -> None:
-        full = self._full(key)
+        full = self._key(key)
         if obstore_can_spell(full):
             try:
                 await obstore.delete_async(self._obs, full)
@@ -573,7 +581,7 @@ class S3Store(ObjectStore):
                 raise self._error(Failure(code=code), "delete", bad)
 
     async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> None:
-        full_src, full_dst = self._full(src), self._full(dst)
+        full_src, full_dst = self._key(src), self._key(dst)
         if metadata is None and obstore_can_spell(full_src) and obstore_can_spell(full_dst):
             try:
                 await obstore.copy_async(self._obs, full_src, full_dst)
@@ -587,7 +595,7 @@ class S3Store(ObjectStore):
         """Server-side copy from another bucket (or prefix) on the same endpoint."""
         if source.endpoint != self.endpoint:
             raise StoreError(f"copy {source._where(src)} to {self._where(dst)}: server-side copy needs one endpoint")
-        await self._copy_object(source.bucket, source._full(src), src, self._full(dst), None,
+        await self._copy_object(source.bucket, source._key(src), src, self._key(dst), None,
                                 where=source._where(src))
 
     async def _copy_object(self, src_bucket: str, full_src: str, src: str, full_dst: str,
