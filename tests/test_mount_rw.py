@@ -159,9 +159,11 @@ def test_large_write_read_back_by_hash(rw):
 def test_nodelete_refuses_deletion_but_allows_new_files(bucket, s3_env, tmp_path):
     put_objects(f"s3://{bucket}", {"keep.txt": b"precious"})
     with mounted(bucket, tmp_path / "m", "nodelete") as mnt:
+        (mnt / "new.txt").write_bytes(b"new")
         for call in (lambda: os.unlink(mnt / "keep.txt"),
-                     lambda: os.rename(mnt / "new.txt", mnt / "keep.txt")):
-            (mnt / "new.txt").write_bytes(b"new")
+                     lambda: os.rename(mnt / "new.txt", mnt / "keep.txt"),
+                     lambda: open(mnt / "keep.txt", "wb"),
+                     lambda: os.truncate(mnt / "keep.txt", 1)):
             with pytest.raises(OSError) as info:
                 call()
             assert info.value.errno == errno.EPERM
@@ -173,7 +175,7 @@ def test_failed_upload_gives_eio_and_leaves_the_bucket_unchanged(tmp_path, monke
     from conftest import make_bucket
 
     srv = SeaweedServer(tmp_path / "srv")
-    srv.start()
+    state = srv.start()
     mnt = tmp_path / "mnt"
     try:
         bucket = make_bucket(srv)
@@ -190,7 +192,7 @@ def test_failed_upload_gives_eio_and_leaves_the_bucket_unchanged(tmp_path, monke
                 os.close(fd)
             assert info.value.errno == errno.EIO
             assert time.monotonic() - started < 30
-        srv.start()
+        SeaweedServer(tmp_path / "srv", s3_port=state.s3_port).start()  # same endpoint again
         assert get_object(url, "model.bin") == b"old content"
     finally:
         srv.stop()

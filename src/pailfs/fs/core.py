@@ -175,7 +175,7 @@ class ObjectFileSystem:
         node.mtime = mtime_from_object(info)
         node.etag = info.etag
         if info.metadata is not None:
-            node.meta = meta_from_object(info.metadata)
+            node.meta = meta_from_object(info.metadata) or ()
         if changed:
             self.memory.discard(node.ino)
             pf = self._prefetchers.pop(node.ino, None)
@@ -222,7 +222,7 @@ class ObjectFileSystem:
         now = time.monotonic()
         node = pnode.children.get(name)
         if node is not None:
-            if node.expires > now:
+            if node.expires > now and (node.meta is not None or self.read_only or node.is_dir):
                 node.used = self.stat_cache.tick
                 self.stat_cache.hits += 1
                 return node
@@ -261,6 +261,17 @@ class ObjectFileSystem:
 
     # ------------------------------------------------------------------ metadata
     async def lookup(self, parent: int, name: str) -> Node:
+        node = await self._lookup(parent, name)
+        if node.meta is None and not self.read_only and not node.is_dir and not self.writes.busy(node.ino):
+            # rw mounts show chmod/chown/touch metadata, which only a HEAD returns
+            async with self._meta_sem:
+                info = await self.store.head(node.key())
+            self._set_attrs(node, info)
+            if node.meta is None:
+                node.meta = ()
+        return node
+
+    async def _lookup(self, parent: int, name: str) -> Node:
         pnode = self._dir(parent)
         now = time.monotonic()
         node = pnode.children.get(name)  # type: ignore[union-attr]
@@ -682,7 +693,11 @@ class ObjectFileSystem:
 
         async def move(key: str) -> None:
             async with sem:
-                await self.store.copy(key, new_prefix + key[len(old_prefix):])
+                new_key = new_prefix + key[len(old_prefix):]
+                if key.endswith("/"):  # a marker: some stores cannot copy directory objects
+                    await self.store.put(new_key, b"")
+                else:
+                    await self.store.copy(key, new_key)
 
         await asyncio.gather(*(move(k) for k in keys))
         if old_prefix not in keys:
