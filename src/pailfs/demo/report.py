@@ -41,6 +41,8 @@ def comparison_table(result: DemoResult) -> Table:
     table.add_row("checkpoints saved", str(len(rw.checkpoint_stalls)), str(len(ro.checkpoint_stalls)), "")
     table.add_row("training blocked on checkpoints", f"{rw.stall_total:.4f} s", f"{ro.stall_total:.4f} s",
                   _ratio(rw.stall_total, ro.stall_total))
+    kept_rw = sum(1 for key, _ in left_rw if key.rsplit("/", 1)[-1].startswith("model.ckpt-"))
+    table.add_row("checkpoints kept in the bucket", str(kept_rw), str(len(result.checkpoints)), "")
     table.add_row(f"files left under {LOGS_PREFIX}", str(len(left_rw)), str(len(left_ro)), "")
     table.add_row("final test accuracy", f"{rw.final_accuracy:.4f}", f"{ro.final_accuracy:.4f}", "")
     return table

@@ -131,7 +131,8 @@ def object_store(endpoint: str | None, bucket: str, console: Console) -> Iterato
     data_dir = Path(tempfile.mkdtemp(prefix="pailfs-demo-seaweedfs-"))
     server = SeaweedServer(data_dir)
     try:
-        with _spinner(console, "starting the embedded SeaweedFS"):
+        # weed writes its glog files to $TMPDIR: keep them in the data dir removed below
+        with _spinner(console, "starting the embedded SeaweedFS"), _environ({"TMPDIR": str(data_dir)}):
             state = server.start(buckets=[bucket])
         console.print(f"Embedded SeaweedFS at {state.endpoint} (bucket {bucket})")
         with _environ(server.env(state)):
