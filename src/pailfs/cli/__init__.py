@@ -24,6 +24,7 @@ from pailfs.cli import server as _server  # noqa: E402,F401
 from pailfs.cli import objects as _objects  # noqa: E402,F401
 from pailfs.cli import k8s as _k8s  # noqa: E402,F401
 from pailfs.cli import mount as _mount  # noqa: E402,F401
+from pailfs.cli import versioning as _versioning  # noqa: E402,F401
 from pailfs.cli import ckpt as _ckpt  # noqa: E402,F401
 from pailfs.cli import bench as _bench  # noqa: E402,F401
 from pailfs.cli import demo as _demo  # noqa: E402,F401
