@@ -13,6 +13,7 @@ happen on the loop thread.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -108,6 +109,8 @@ class ObjectFileSystem:
         self._prefetchers: dict[int, Prefetcher] = {}
         self.disk_cache = None  # set by the mount when use_cache= is given
         self.writes = WriteBack(self)
+        self._forgets: collections.deque[tuple[int, int]] = collections.deque()
+        self._forget_scheduled = False
         self.started = time.time()
 
     # ------------------------------------------------------------------ helpers
@@ -194,8 +197,17 @@ class ObjectFileSystem:
             node.nlookup += 1
 
     def forget(self, ino: int, nlookup: int) -> None:
-        # called from the reader thread; hand the mutation to the loop thread
-        self.loop.call_soon_threadsafe(self._forget, ino, nlookup)
+        # called from the reader thread; the loop thread applies them in batches
+        # (a BATCH_FORGET carries thousands: one wake-up of the loop, not thousands)
+        self._forgets.append((ino, nlookup))
+        if not self._forget_scheduled:
+            self._forget_scheduled = True
+            self.loop.call_soon_threadsafe(self._drain_forgets)
+
+    def _drain_forgets(self) -> None:
+        self._forget_scheduled = False
+        while self._forgets:
+            self._forget(*self._forgets.popleft())
 
     def _forget(self, ino: int, nlookup: int) -> None:
         node = self.inodes.get(ino)
