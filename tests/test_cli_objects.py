@@ -1,0 +1,223 @@
+"""`pailfs ls/stat/cp/rm/mb/rb` run as a user runs them: the installed command in a
+subprocess, against the real SeaweedFS. Assertions are on exit codes, stdout,
+stderr and the bytes that arrive."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_bucket
+
+PAILFS = str(Path(sys.executable).parent / "pailfs")
+MiB = 1024 * 1024
+LS_OBJECT = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d +(\d+)  (.*)$")
+LS_PREFIX = re.compile(r"^ +DIR  (.*)$")
+
+
+def pailfs(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([PAILFS, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The failure contract: non-zero exit, exactly one 'pailfs: ...' line on stderr."""
+    assert proc.returncode != 0, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pailfs: "), proc.stderr
+    return lines[0]
+
+
+def ls_keys(stdout: str) -> dict[str, int]:
+    out = {}
+    for line in stdout.splitlines():
+        match = LS_OBJECT.match(line)
+        assert match, line
+        out[match.group(2)] = int(match.group(1))
+    return out
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    files = {
+        "a.txt": b"alpha\n",
+        "empty": b"",
+        "sub/b.bin": os.urandom(3000),
+        "sub/deeper/c d.txt": b"with a space",
+        "sub/deeper/ünï 日本.txt": "unicode".encode(),
+        "plus+percent%=.cfg": b"odd name",
+        "big/large.bin": os.urandom(11 * MiB + 5),  # three parts at multipart_size=5
+    }
+    for i in range(40):
+        files[f"many/f{i:03d}.dat"] = os.urandom(2048 + i)
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return files
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    cmp = filecmp.dircmp(a, b)
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+    return not mismatch and not errors and all(same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+def test_cp_tree_up_ls_and_back_down(s3_env, bucket, tmp_path):
+    src = tmp_path / "src"
+    files = make_tree(src)
+
+    up = pailfs("cp", "-r", str(src), f"s3://{bucket}/data", "-j", "8", "-o", "multipart_size=5,parallel_count=4")
+    assert up.returncode == 0, up.stderr
+    assert f"copied {len(files)} files" in up.stderr
+
+    listed = pailfs("ls", "-r", f"s3://{bucket}/data/")
+    assert listed.returncode == 0, listed.stderr
+    assert ls_keys(listed.stdout) == {f"data/{rel}": len(data) for rel, data in files.items()}
+
+    top = pailfs("ls", f"s3://{bucket}/data/")
+    assert top.returncode == 0
+    prefixes = [m.group(1) for m in map(LS_PREFIX.match, top.stdout.splitlines()) if m]
+    assert prefixes == ["data/big/", "data/many/", "data/sub/"]
+    assert set(ls_keys("\n".join(l for l in top.stdout.splitlines() if not LS_PREFIX.match(l)))) == {
+        "data/a.txt", "data/empty", "data/plus+percent%=.cfg"}
+
+    down = tmp_path / "down"
+    back = pailfs("cp", "-r", f"s3://{bucket}/data", str(down), "-o", "multipart_size=5")
+    assert back.returncode == 0, back.stderr
+    assert same_tree(src, down)
+    assert not [p for p in down.rglob("*pailfs-*")]  # no temp files left
+
+
+def test_single_file_cp_stat_rm(s3_env, bucket, tmp_path):
+    src = tmp_path / "model.pt"
+    src.write_bytes(b"weights" * 1000)
+
+    assert pailfs("cp", str(src), f"s3://{bucket}/ckpt/").returncode == 0  # into a "directory"
+    assert pailfs("cp", str(src), f"s3://{bucket}/ckpt/renamed.pt").returncode == 0
+
+    stat = pailfs("stat", f"s3://{bucket}/ckpt/model.pt")
+    assert stat.returncode == 0, stat.stderr
+    assert f"s3://{bucket}/ckpt/model.pt" in stat.stdout and "size:     7000" in stat.stdout
+    assert "prefix" in pailfs("stat", f"s3://{bucket}/ckpt").stdout
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    assert pailfs("cp", f"s3://{bucket}/ckpt/renamed.pt", str(out_dir)).returncode == 0
+    assert (out_dir / "renamed.pt").read_bytes() == src.read_bytes()
+
+    prefix_without_r = pailfs("cp", f"s3://{bucket}/ckpt", str(out_dir))
+    assert "use cp -r" in one_line_error(prefix_without_r)
+
+    assert pailfs("rm", f"s3://{bucket}/ckpt/model.pt").returncode == 0
+    again = pailfs("rm", f"s3://{bucket}/ckpt/model.pt")
+    assert "no such key" in one_line_error(again)
+    assert pailfs("rm", "-r", f"s3://{bucket}/ckpt").returncode == 0
+    assert pailfs("ls", "-r", f"s3://{bucket}").stdout == ""
+
+
+def test_bucket_to_bucket_copy_and_bucket_commands(s3_env, seaweed, bucket, tmp_path):
+    other = make_bucket(seaweed)
+    (tmp_path / "t").mkdir()
+    for i in range(5):
+        (tmp_path / "t" / f"{i}.txt").write_text(f"file {i}")
+    assert pailfs("cp", "-r", str(tmp_path / "t"), f"s3://{bucket}/p").returncode == 0
+
+    one = pailfs("cp", f"s3://{bucket}/p/0.txt", f"s3://{other}/copied.txt")
+    assert one.returncode == 0, one.stderr
+    tree = pailfs("cp", "-r", f"s3://{bucket}/p", f"s3://{other}/q/")
+    assert tree.returncode == 0, tree.stderr
+    assert set(ls_keys(pailfs("ls", "-r", f"s3://{other}").stdout)) == {
+        "copied.txt", *(f"q/{i}.txt" for i in range(5))}
+    assert pailfs("cp", f"s3://{other}/q/3.txt", str(tmp_path / "3.txt")).returncode == 0
+    assert (tmp_path / "3.txt").read_text() == "file 3"
+
+    new = f"mb-{os.getpid()}-{int(time.time())}"
+    assert pailfs("mb", f"s3://{new}").returncode == 0, "mb"
+    assert f"s3://{new}" in pailfs("ls", "s3://").stdout
+    assert "already exists" in one_line_error(pailfs("mb", f"s3://{new}"))
+    assert pailfs("cp", str(tmp_path / "3.txt"), f"s3://{new}/x").returncode == 0
+    assert "not empty" in one_line_error(pailfs("rb", f"s3://{new}"))
+    assert pailfs("rb", "--force", f"s3://{new}").returncode == 0
+    assert f"s3://{new}" not in pailfs("ls", "s3://").stdout
+
+
+# --- failures: one clear line, non-zero exit, no secret -------------------------------
+def test_missing_bucket_and_key(s3_env, bucket, tmp_path):
+    assert "no such bucket 'no-such-bucket-cli'" in one_line_error(pailfs("ls", "s3://no-such-bucket-cli/x"))
+    assert "no such key" in one_line_error(pailfs("cp", f"s3://{bucket}/absent.bin", str(tmp_path / "x")))
+    assert "no such key" in one_line_error(pailfs("stat", f"s3://{bucket}/absent.bin"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_wrong_credentials_never_show_the_secret(s3_env, bucket, tmp_path):
+    secret = "NotTheRightSecret+abc/1234567890XYZ"
+    proc = pailfs("ls", f"s3://{bucket}", env={"AWS_SECRET_ACCESS_KEY": secret})
+    line = one_line_error(proc)
+    assert "access denied" in line and "AWS_ACCESS_KEY_ID" in line
+    assert secret not in proc.stderr + proc.stdout
+
+    (tmp_path / "f").write_text("x")
+    passwd = tmp_path / "passwd"
+    passwd.write_text(f"# comment\n{bucket}:{s3_env['AWS_ACCESS_KEY_ID']}:{secret}\n")
+    passwd.chmod(0o600)
+    up = pailfs("cp", str(tmp_path / "f"), f"s3://{bucket}/f", "-o", f"passwd_file={passwd}")
+    assert "access denied" in one_line_error(up) and str(passwd) in up.stderr
+    assert secret not in up.stderr + up.stdout
+
+    passwd.chmod(0o644)
+    unsafe = one_line_error(pailfs("ls", f"s3://{bucket}", "-o", f"passwd_file={passwd}"))
+    assert "mode 0644" in unsafe and "chmod 600" in unsafe and secret not in unsafe
+
+
+def test_dead_endpoint_fails_within_the_timeout(s3_env):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    line = one_line_error(pailfs("ls", "s3://somebucket", "--endpoint", f"http://127.0.0.1:{port}"))
+    assert "cannot reach" in line and str(port) in line
+    assert time.monotonic() - started < 15
+
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        started = time.monotonic()
+        proc = pailfs("cp", "s3://somebucket/k", "/tmp/never", "--endpoint",
+                      f"http://127.0.0.1:{silent.getsockname()[1]}",
+                      "-o", "connect_timeout=1,readwrite_timeout=2,retries=0")
+        assert "timed out" in one_line_error(proc)
+        assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["ls", "s3://Bad_Bucket/x"], "malformed URL"),
+    (["ls", "gs://bucket"], "unknown scheme"),
+    (["cp", "a", "b"], "one side must be an s3://"),
+    (["ls", "s3://bucket", "-o", "nosuchopt"], "unknown option 'nosuchopt'; valid options: url, region"),
+    (["cp", "-r", "s3://bucket", ".", "-o", "parallel_count=0"], "bad value for option 'parallel_count'"),
+    (["mb", "s3://bucket/with/key"], "give a bucket, not a key"),
+])
+def test_usage_errors_are_one_line(s3_env, args, expected):
+    assert expected in one_line_error(pailfs(*args))
+
+
+def test_local_source_errors(s3_env, bucket, tmp_path):
+    assert "no such local file" in one_line_error(pailfs("cp", str(tmp_path / "nope"), f"s3://{bucket}/x"))
+    (tmp_path / "d").mkdir()
+    assert "use cp -r" in one_line_error(pailfs("cp", str(tmp_path / "d"), f"s3://{bucket}/x"))
+
+
+def test_no_endpoint_configured(s3_env, bucket, monkeypatch):
+    env = {k: v for k, v in os.environ.items() if k not in ("PAILFS_ENDPOINT", "URL")}
+    proc = subprocess.run([PAILFS, "ls", f"s3://{bucket}"], capture_output=True, text=True, env=env, timeout=60)
+    assert "no endpoint" in one_line_error(proc)
