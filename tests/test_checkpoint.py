@@ -246,6 +246,22 @@ def multipart_uploads(url: str, seaweed) -> list[str]:
     return asyncio.run(run())
 
 
+def test_script_that_exits_without_close_still_commits_its_last_save(url, tmp_path):
+    src = tmp_path / "last"
+    src.mkdir()
+    (src / "model.bin").write_bytes(os.urandom(12 * 1024 * 1024))  # multipart, takes a moment
+    script = textwrap.dedent(f"""
+        from pailfs import Checkpointer
+        ck = Checkpointer({url!r})
+        ck.save(99, {str(src)!r})
+    """)  # no wait(), no close(): the interpreter exits right after save() returns
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    with Checkpointer(url) as ck:
+        assert ck.latest() == 99
+        ck.verify(99)
+
+
 def test_leftovers_younger_than_grace_period_are_kept(url):
     put_object(url, "0000000007/partial.bin", b"in flight elsewhere")
     with Checkpointer(url, max_to_keep=1) as ck:  # grace_period 1 h

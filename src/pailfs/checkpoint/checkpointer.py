@@ -42,6 +42,7 @@ import io
 import json
 import logging
 import os
+import queue
 import shutil
 import threading
 import time
@@ -73,14 +74,53 @@ CHUNK = 8 * 1024 * 1024
 CHUNK_WINDOW = 4  # ranged GETs in flight per file
 
 
+class _IOPool(concurrent.futures.Executor):
+    """Daemon worker threads for file reads and hashing.
+
+    Not a ThreadPoolExecutor: that one refuses work once interpreter exit has
+    begun, which is exactly when an unclosed Checkpointer still uploads the
+    last checkpoint; and close() must not have to join a stuck worker.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((fut, fn, args, kwargs))
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fut, fn, args, kwargs = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
+
+
 class _LoopThread:
-    """An asyncio loop running forever in a daemon thread."""
+    """An asyncio loop running forever in a daemon thread, with its IO pool."""
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
-        # file reads and hashing; an own pool so close() need not join a stuck worker
-        self.executor = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix=name + "-io")
-        self.loop.set_default_executor(self.executor)
+        self.pool = _IOPool(8, name + "-io")
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
@@ -91,6 +131,10 @@ class _LoopThread:
     def submit(self, coro: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
+    def io(self, fn, *args) -> asyncio.Future:
+        """Run a blocking function on the IO pool (call on the loop thread)."""
+        return self.loop.run_in_executor(self.pool, fn, *args)
+
     def on_loop(self) -> bool:
         return threading.current_thread() is self.thread
 
@@ -100,7 +144,7 @@ class _LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False)
 
 
 @dataclass
@@ -300,7 +344,7 @@ class Checkpointer:
             done.set()
             self._events.pop(step, None)
             self._active.discard(step)
-            await asyncio.to_thread(snap.discard)
+            await self._loop.io(snap.discard)
         elapsed = time.monotonic() - t0
         log.info("checkpoint step %d committed: %d files, %d bytes in %.2fs (%.1f MB/s)", step,
                  len(entries), info.size, elapsed, info.size / max(elapsed, 1e-9) / 1e6)
@@ -340,24 +384,24 @@ class Checkpointer:
     async def _upload_one(self, key: str, item: StagedFile) -> FileEntry:
         if item.data is not None:
             digest = (hashlib.sha256(item.data).hexdigest() if item.size <= 1 << 20
-                      else await asyncio.to_thread(_sha256_bytes, item.data))
+                      else await self._loop.io(_sha256_bytes, item.data))
             await self.store.put(key, item.data)
             return FileEntry(item.name, item.size, digest)
         assert item.path is not None
         if item.size <= SMALL_FILE:
-            data = await asyncio.to_thread(_read, item.path)
+            data = await self._loop.io(_read, item.path)
             digest = hashlib.sha256(data).hexdigest()
             size = len(data)
             await self.store.put(key, data)
         else:
-            hashing = asyncio.ensure_future(asyncio.to_thread(_sha256_file, item.path))
+            hashing = self._loop.io(_sha256_file, item.path)
             try:
                 await self.store.put_file(key, item.path)
             except BaseException:
                 hashing.cancel()
                 raise
             digest, size = await hashing
-        if size != item.size or await asyncio.to_thread(item.changed):
+        if size != item.size or await self._loop.io(item.changed):
             raise CheckpointError(
                 f"{item.name} changed while it was being uploaded: it was rewritten in place after "
                 "save() returned (write new files, or use Checkpointer(snapshot='copy'))")
@@ -558,7 +602,7 @@ class Checkpointer:
                     try:
                         data = await tasks[i]
                         total += len(data)
-                        await asyncio.to_thread(_consume, h, data, sink)
+                        await self._loop.io(_consume, h, data, sink)
                         if sink is None:
                             parts.append(data)
                     finally:
@@ -626,7 +670,7 @@ class Checkpointer:
                     os.replace(tmp / entry.name, target)
         finally:
             if tmp.exists():
-                await asyncio.to_thread(shutil.rmtree, tmp, True)
+                await self._loop.io(shutil.rmtree, tmp, True)
         log.info("restored checkpoint step %d (%d files, %d bytes) into %s",
                  info.step, len(info.files), info.size, dest)
         return info
