@@ -11,10 +11,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -304,6 +306,39 @@ def test_source_deleted_right_after_save_still_uploads_its_bytes(url, tmp_path):
         manifest = f1.result()
         assert {f.name: f.sha256 for f in manifest.files}["sub/shard-0.bin"] == hashlib.sha256(large).hexdigest()
         assert f2.result().step == 2 and f3.result().step == 3
+
+
+@pytest.mark.parametrize("where", ["tmp", "shm"])
+def test_snapshot_on_another_file_system_and_from_many_threads(url, tmp_path, where):
+    base = tmp_path if where == "tmp" else Path(tempfile.mkdtemp(dir="/dev/shm"))  # tmpfs: another device
+    try:
+        src = base / "ckpt"
+        src.mkdir()
+        payload = {step: os.urandom(1000 + step) for step in range(8)}
+
+        def trainer(steps):
+            for step in steps:
+                d = src / str(step)
+                d.mkdir()
+                (d / "w.bin").write_bytes(payload[step])
+                ck.save(step, d)
+                shutil.rmtree(d)
+
+        with Checkpointer(url, max_to_keep=0, max_pending=2) as ck:
+            threads = [threading.Thread(target=trainer, args=(range(i, 8, 4),)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            ck.wait()
+            assert [i.step for i in ck.list()] == list(range(8))
+            assert all(ck.read("w.bin", step) == payload[step] for step in range(8))
+        # staging directories are gone once the Checkpointer is closed
+        assert [p.name for p in base.iterdir()] == ["ckpt"]
+        assert list(src.iterdir()) == []
+    finally:
+        if where == "shm":
+            shutil.rmtree(base)
 
 
 def test_in_place_rewrite_during_upload_is_refused_unless_copying(url, tmp_path):
