@@ -204,7 +204,7 @@ def parse_options(specs: list[str] | tuple[str, ...] = (), *, env: dict[str, str
                 continue
             opt = _BY_NAME.get(name)
             if opt is None:
-                raise BadOption(f"unknown option '{name}'; valid options: {valid_names()}")
+                raise BadOption(f"unknown option {name!r}; valid options: {valid_names()}")  # repr: one line whatever the input
             if opt.kind == "flag":
                 values[opt.name] = _parse_one(opt, name, raw) if eq else True
             else:
