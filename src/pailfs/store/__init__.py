@@ -33,11 +33,12 @@ def resolve_options(options: Options | str | list[str] | tuple[str, ...] | None 
             opt = option(name)
         except KeyError:
             raise BadOption(f"unknown option '{name}'") from None
-        if isinstance(value, str) and value is not None:
+        if isinstance(value, str):
             try:
                 value = opt.parse(value)
             except ValueError as exc:
-                raise BadOption(f"bad value for option '{name}': {value!r} ({exc})") from None
+                reason = "not a valid number" if "invalid literal" in str(exc) else str(exc)
+                raise BadOption(f"bad value for option '{name}': {value!r} ({reason})") from None
         changes[opt.name] = value
     return opts.with_(**changes) if changes else opts
 
