@@ -610,3 +610,23 @@ def test_invalidation_notifications(mount):
     while os.path.exists(path):
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def test_stop_with_open_file_returns_after_grace(tmp_path):
+    mp = tmp_path / "m"
+    mp.mkdir()
+    server = FuseServer(dataset(), str(mp), stop_grace=0.5)
+    ready = threading.Event()
+    thread = threading.Thread(target=server.serve, args=(ready.set,), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    fd = os.open(mp / "hello.txt", os.O_RDONLY)
+    try:
+        started = time.monotonic()
+        server.stop()
+        thread.join(10)
+        assert not thread.is_alive() and time.monotonic() - started < 5
+        assert fmount.find_mount(str(mp)) is None
+    finally:
+        os.close(fd)
+    assert server.session.finished.wait(10)  # the last close ended the connection

@@ -108,10 +108,9 @@ class FuseServer:
         info = find_mount(self.mountpoint)
         self.device = info.device if info is not None else None
         session = self.session = FuseSession(self.fs, fd, loop)
-        if hasattr(self.fs, "on_changed"):
-            self.fs.on_changed = session.invalidate_inode
-        close_fd = True
         try:
+            if hasattr(self.fs, "on_changed"):
+                self.fs.on_changed = session.invalidate_inode
             session.start(self.readers)
             if not self._wait_init(session):
                 raise MountError(f"the kernel did not initialize the mount at {self.mountpoint}")
@@ -123,18 +122,16 @@ class FuseServer:
             while not session.finished.wait(0.25):
                 if self._stop.is_set() and self._stop_waited():
                     break
-            close_fd = session.finished.is_set()
         finally:
-            session.stop()
             self._unmount_quietly()
-            if not session.finished.is_set():
+            if not session.finished.wait(1.0) and self.device is not None:
+                abort_connection(self.device)
                 session.finished.wait(1.0)
-            close_fd = close_fd and session.finished.is_set()
-            if close_fd:
+            if session.finished.is_set():
                 os.close(fd)
             else:
                 # A reader is still blocked in read(2) on fd; closing it now could hand the
-                # number to a new file the reader would then read. The process exits soon.
+                # number to a new file the reader would then read. Process exit closes it.
                 log.warning("FUSE connection at %s did not end; leaving it to process exit", self.mountpoint)
 
     def _wait_init(self, session: FuseSession) -> bool:

@@ -133,7 +133,6 @@ class FuseSession:
         self.counts = [0] * (P.MAX_OPCODE + 1)
         self.initialized = threading.Event()
         self.finished = threading.Event()
-        self._stopping = False
         self._inflight: dict[int, tuple[asyncio.Task, bool]] = {}
         self._threads: list[threading.Thread] = []
         self._running = 0
@@ -150,10 +149,6 @@ class FuseSession:
                 self._running += 1
                 self._threads.append(t)
                 t.start()
-
-    def stop(self) -> None:
-        """Make readers end after their next request (the unmount wakes them with ENODEV)."""
-        self._stopping = True
 
     def stats(self) -> dict[str, int]:
         return {P.OPCODE_NAMES.get(op, str(op)): n for op, n in enumerate(self.counts) if n}
@@ -173,7 +168,11 @@ class FuseSession:
                     self._notify_q.put(None)
 
     def serve_forever(self) -> None:
-        """Read and answer requests until the connection ends (ENODEV) or stop()."""
+        """Read and answer requests until the connection ends (ENODEV: unmounted or aborted).
+
+        Readers never stop on their own: a mount detached lazily still serves the files
+        that are open until they close, and an unanswered request would hang its caller.
+        """
         fd = self.fd
         # One preallocated buffer per reader: os.read(fd, 1 MiB) would mmap, mremap and
         # munmap a fresh 1 MiB buffer for every request (~13 us); readv into this costs ~1 us.
@@ -216,8 +215,6 @@ class FuseSession:
             except Exception as exc:  # a bug in a handler must not end the session
                 log.exception("FUSE %s failed", P.OPCODE_NAMES.get(opcode, opcode))
                 self._reply_error(unique, errno_of(exc))
-            if self._stopping:
-                return
 
     # ------------------------------------------------------------------ replies
     def _send(self, data: bytes) -> bool:
@@ -419,8 +416,8 @@ class FuseSession:
         self.initialized.set()
 
     def _destroy(self, req: bytes, unique: int, nodeid: int) -> None:
+        # The kernel then aborts the connection; readers end on ENODEV.
         self._reply_ok(unique)
-        self._stopping = True
 
     # ------------------------------------------------------------------ hot: lookup/attr
     def _lookup(self, req: bytes, unique: int, nodeid: int) -> None:
