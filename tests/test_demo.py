@@ -244,6 +244,33 @@ def test_demo_with_embedded_server_cleans_up(tmp_path):
     assert str(tmp_path) not in weeds  # ...and the server stopped
 
 
+def test_demo_interrupted_in_run_2_cleans_up(tmp_path, seaweed, bucket, s3_env):
+    """SIGTERM while a background checkpoint may be in flight: the demo still unmounts,
+    closes the Checkpointer and exits 130 with one line."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*PAILFS, "demo", "--quick", "--endpoint", s3_env["PAILFS_ENDPOINT"],
+                             "--bucket", bucket, "--out", str(tmp_path / "out")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen_run2 = False
+        for line in proc.stdout:
+            seen_run2 = seen_run2 or "Run 2: read-write separation" in line
+            if seen_run2 and line.startswith("Save checkpoint at step 100"):
+                proc.terminate()
+                break
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "pailfs: interrupted" in err, err
+    assert "Unmounted" in rest
+    assert _pailfs_mounts_under(tmp_path) == []
+    assert list(tmp.iterdir()) == []
+
+
 def _keys(url: str) -> list[str]:
     import asyncio
 

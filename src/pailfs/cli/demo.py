@@ -42,6 +42,8 @@ def demo(endpoint: Optional[str] = typer.Option(
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_demo(endpoint=endpoint, bucket=bucket, epochs=epochs, console=console)
+    except KeyboardInterrupt:  # run_demo has unmounted and stopped everything on the way out
+        raise fail("interrupted; the demo's mounts and server were cleaned up", 130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     report.render(result, out, console)
