@@ -26,7 +26,7 @@ MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOATIME = 1024
-MNT_FORCE = 1
+MNT_FORCE = 1      # not used: a forced unmount fails the callers of in-flight requests
 MNT_DETACH = 2
 
 FUSE_DEVICE = "/dev/fuse"

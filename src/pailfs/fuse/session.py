@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 
 MAX_WRITE = 1 << 20               # bytes per WRITE request (FUSE_MAX_PAGES with 256 pages)
 MAX_PAGES = MAX_WRITE // 4096
-BUFFER_SIZE = MAX_WRITE + 4096    # the kernel wants >= header + write_in + max_write
 BLKSIZE = 128 * 1024              # st_blksize: stdio/cp read this much per call
 MAX_BACKGROUND = 64               # readahead and other async requests in flight
 CONGESTION_THRESHOLD = 48
