@@ -4,22 +4,32 @@ Hot path (inline, in the reader thread that read the request): IOCTL (ENOTTY,
 checked before anything else: Python's open() calls isatty on every file),
 LOOKUP / GETATTR / READDIRPLUS / READ answered from the fs's `cached_*`
 methods, FORGET / BATCH_FORGET / INTERRUPT (no reply), and the constant
-answers (ENOSYS for OPEN/OPENDIR on read-only mounts, ACCESS, locks...).
-Everything else, and every cache miss, is a *cold* request: its coroutine is
-handed to the fs's asyncio loop with `run_coroutine_threadsafe`, and the loop
+answers (ENOSYS for OPEN/OPENDIR/FLUSH on read-only mounts, so the kernel
+opens and closes files without asking us; ACCESS, locks...; ENODATA for
+security.* and system.* xattrs). Everything else, and every cache miss, is a
+*cold* request: its coroutine is handed to the fs's asyncio loop and the loop
 thread writes the reply when the coroutine finishes.
+
+Read-only mounts are mounted MS_RDONLY and never ask for AUTO_INVAL_DATA.
+Measured on kernel 6.18: the "one GETATTR per file in the epoch after the
+first read" comes from the kernel marking atime stale after every READ it
+sends us (fuse_invalidate_atime), which the next fstat (Python's open())
+must refresh; the kernel skips that on an SB_RDONLY super block. Neither
+AUTO_INVAL_DATA nor MS_NOATIME changes it.
 
 Concurrency invariants
 ----------------------
 * Threads: N reader threads (1 by default; a second one did not help the
   8-thread cold workload, the loop does the I/O), the fs's loop thread, and a
   notifier thread started on the first invalidation.
-* Cold requests reach the loop by `loop.call_soon_threadsafe(loop.create_task, ...)`.
+* Cold requests reach the loop by `loop.call_soon_threadsafe(loop.create_task, ...)`
+  (half the cost of run_coroutine_threadsafe: no concurrent Future to chain).
 * Every reply is one `os.write` (or `os.writev`) of a complete message; the
   kernel takes each write atomically, so readers and the loop reply without
   a lock, in any order.
 * `fs.cached_*`, `fs.ref` and `fs.forget` are called from reader threads,
   concurrently with coroutines on the loop: the fs makes them safe for that.
+  `fs.ref` is also called on the loop thread (entries of cold replies).
 * `fs.ref(ino)` is called *before* the entry reply is written (the kernel may
   FORGET an entry the moment it has it); if the write fails (the request was
   interrupted) the reference is returned with `fs.forget(ino, 1)`. The same
