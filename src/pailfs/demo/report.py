@@ -30,10 +30,10 @@ def comparison_table(result: DemoResult) -> Table:
     left_rw, left_ro = result.objects_left[READ_WRITE.key], result.objects_left[SEPARATION.key]
     table = Table(title=f"pailfs demo: {result.epochs} epochs, {rw.steps} steps per run")
     table.add_column("")
-    table.add_column(f"run 1: {READ_WRITE.title}", justify="right")
-    table.add_column(f"run 2: {SEPARATION.title}", justify="right")
+    table.add_column(f"run 1: {READ_WRITE.title}", justify="right", overflow="fold")
+    table.add_column(f"run 2: {SEPARATION.title}", justify="right", overflow="fold")
     table.add_column("run 2 faster by", justify="right")
-    table.add_row("mount options", READ_WRITE.options, SEPARATION.options.replace(",", ", "), "")
+    table.add_row("mount options (-o)", READ_WRITE.options, SEPARATION.options, "")
     table.add_row("dataload, first epoch", f"{rw.first_epoch:.4f} s", f"{ro.first_epoch:.4f} s",
                   _ratio(rw.first_epoch, ro.first_epoch))
     table.add_row("dataload, later epochs (median)", f"{rw.later_epochs:.4f} s", f"{ro.later_epochs:.4f} s",
