@@ -5,7 +5,6 @@ checkpoints against the real SeaweedFS, and the whole demo as a user runs it
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import re
