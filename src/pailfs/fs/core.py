@@ -84,7 +84,7 @@ class ObjectFileSystem:
         self.read_only = options.read_only
         self.look = presentation(options)
         self.stat_cache = StatCache(options.max_stat_cache_size, options.stat_cache_expire,
-                                    population=lambda: self.inodes.values(), on_evict=self._evicted)
+                                    population=self._population, on_evict=self._evicted)
         cache_on = self.stat_cache.enabled
         if not cache_on:
             self.entry_timeout = self.attr_timeout = self.negative_timeout = 0.0
@@ -109,8 +109,8 @@ class ObjectFileSystem:
         self._prefetchers: dict[int, Prefetcher] = {}
         self.disk_cache = None  # set by the mount when use_cache= is given
         self.writes = WriteBack(self)
-        self._forgets: collections.deque[tuple[int, int]] = collections.deque()
-        self._forget_scheduled = False
+        self._ref_deltas: collections.deque[tuple[int, int]] = collections.deque()
+        self._refs_scheduled = False
         self.started = time.time()
 
     # ------------------------------------------------------------------ helpers
@@ -191,33 +191,38 @@ class ObjectFileSystem:
         this to invalidate the kernel's page cache (FUSE_NOTIFY_INVAL_INODE)."""
 
     # ------------------------------------------------------------------ refs
+    # The kernel's lookup counts change from two threads (replies sent inline by the
+    # reader thread and by the loop thread), so both ref and forget only queue a
+    # delta; the loop thread applies them in order, in batches (a BATCH_FORGET
+    # carries thousands: one wake-up of the loop, not thousands).
     def ref(self, ino: int) -> None:
-        node = self.inodes.get(ino)
-        if node is not None:
-            node.nlookup += 1
+        self._queue_ref(ino, 1)
 
     def forget(self, ino: int, nlookup: int) -> None:
-        # called from the reader thread; the loop thread applies them in batches
-        # (a BATCH_FORGET carries thousands: one wake-up of the loop, not thousands)
-        self._forgets.append((ino, nlookup))
-        if not self._forget_scheduled:
-            self._forget_scheduled = True
-            self.loop.call_soon_threadsafe(self._drain_forgets)
+        self._queue_ref(ino, -nlookup)
 
-    def _drain_forgets(self) -> None:
-        self._forget_scheduled = False
-        while self._forgets:
-            self._forget(*self._forgets.popleft())
+    def _queue_ref(self, ino: int, delta: int) -> None:
+        self._ref_deltas.append((ino, delta))
+        if not self._refs_scheduled:
+            self._refs_scheduled = True
+            self.loop.call_soon_threadsafe(self._apply_refs)
 
-    def _forget(self, ino: int, nlookup: int) -> None:
-        node = self.inodes.get(ino)
-        if node is None or ino == ROOT_INO:
-            return
-        node.nlookup -= nlookup
-        if node.nlookup <= 0 and node.expires == 0.0 and not self.writes.busy(ino):
-            parent = node.parent
-            if parent is None or parent.children is None or parent.children.get(node.name) is not node:
-                self._drop(node)
+    def _apply_refs(self) -> None:
+        self._refs_scheduled = False
+        while self._ref_deltas:
+            ino, delta = self._ref_deltas.popleft()
+            node = self.inodes.get(ino)
+            if node is None or ino == ROOT_INO:
+                continue
+            node.nlookup += delta
+            if delta < 0 and node.nlookup <= 0 and node.expires == 0.0 and not self.writes.busy(ino):
+                parent = node.parent
+                if parent is None or parent.children is None or parent.children.get(node.name) is not node:
+                    self._drop(node)
+
+    def _population(self):
+        self._apply_refs()  # eviction decisions need up-to-date lookup counts
+        return self.inodes.values()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
