@@ -16,7 +16,7 @@ import os
 log = logging.getLogger(__name__)
 
 MNT_DETACH = 2  # <sys/mount.h>: lazy unmount, works on a mount whose daemon died
-# What stat(2) answers on a FUSE mount whose daemon is gone: ENOTCONN, or
+# What statvfs(2) answers on a FUSE mount whose daemon is gone: ENOTCONN, or
 # ECONNABORTED when the daemon had asked for FUSE_ABORT_ERROR.
 DEAD_MOUNT_ERRNOS = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
 
@@ -65,15 +65,17 @@ def is_mount_point(path: str) -> bool:
 
 
 def _is_dead(path: str) -> bool:
+    # statvfs, not stat: the kernel may answer stat from cached attributes
+    # (kernel_cache) long after the daemon died, but STATFS always asks it.
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         return exc.errno in DEAD_MOUNT_ERRNOS
     return False
 
 
 def is_dead_mount(path: str) -> bool:
-    """True when stat(path) fails with ENOTCONN/ECONNABORTED: a FUSE mount whose daemon is gone."""
+    """True when statvfs(path) fails with ENOTCONN/ECONNABORTED: a FUSE mount whose daemon is gone."""
     return _is_dead(path)
 
 
