@@ -227,6 +227,8 @@ def test_killed_mid_upload_keeps_previous_and_next_checkpointer_cleans_up(url, t
         assert [i.step for i in ck.list()] == [3]
     assert steps_of(bucket_keys(url)) == [3]
     assert multipart_uploads(url, seaweed) == []  # the killed multipart upload was aborted
+    # the killed process's staging links (which pin 256 MiB) went with the next save
+    assert not [p for p in Path(tempfile.gettempdir()).glob(f".pailfs-ckpt-staging-{proc.pid}-*")]
 
 
 def multipart_uploads(url: str, seaweed) -> list[str]:

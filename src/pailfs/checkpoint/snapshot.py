@@ -97,6 +97,7 @@ class Stager:
         self._default_root: str | None = None
         self._roots: dict[int, str | None] = {}  # st_dev -> root on that device (None: copy)
         self._no_reflink: set[int] = set()  # devices where FICLONE failed once
+        self._swept = False
 
     # --- roots -------------------------------------------------------------
     def _default(self) -> str:
@@ -135,6 +136,10 @@ class Stager:
     # --- snapshots ---------------------------------------------------------
     def snapshot(self, step: int, source: Source) -> Snapshot:
         """Take the snapshot of one save; on error nothing is left behind."""
+        if not self._swept:
+            # a killed process leaves its links behind, and they pin the file data
+            self._swept = True
+            _remove_dead_roots(self._base or tempfile.gettempdir())
         snap = Snapshot([])
         if isinstance(source, Mapping):
             self._from_mapping(snap, source)
