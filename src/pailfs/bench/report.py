@@ -23,7 +23,10 @@ PHASES = ("cold", "warm")
 def _title(wl: "Workload", ds: Dataset | None) -> str:
     if ds is None:
         return wl.title
-    return wl.title.format(files=f"{ds.spec.files:,}", big=f"{ds.spec.big_bytes // MIB} MiB")
+    from pailfs.bench.workloads import creates
+
+    return wl.title.format(files=f"{ds.spec.files:,}", big=f"{ds.spec.big_bytes // MIB} MiB",
+                           creates=f"{creates(ds):,}")
 
 
 def _stats(values: list[float]) -> dict[str, float] | None:
@@ -53,7 +56,8 @@ def build(*, cfg: "BenchConfig", systems: Sequence["System"], workloads: Sequenc
                 if secs is None:
                     row.update(status="n/a", note=_na_reason(wl, system))
                 else:
-                    row.update(status="ok", seconds=secs,
+                    fraction = min(s.fraction for s in mine)
+                    row.update(status="ok", seconds=secs, extrapolated=fraction < 1, fraction=fraction,
                                fs_cpu=statistics.median(s.fs_cpu for s in mine),
                                client_cpu=statistics.median(s.client_cpu for s in mine),
                                server_cpu=(statistics.median(s.server_cpu for s in mine)
@@ -80,7 +84,7 @@ def build(*, cfg: "BenchConfig", systems: Sequence["System"], workloads: Sequenc
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["pailfs", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("pailfs") else "pailfs bench",
-        "config": {"quick": cfg.quick, "repeat": cfg.repeats, "latency_ms": cfg.latency_ms,
+        "config": {"quick": cfg.quick, "repeat": cfg.repeats, "pass_budget_s": cfg.pass_budget, "latency_ms": cfg.latency_ms,
                    "endpoint": "embedded SeaweedFS" if not cfg.endpoint else cfg.endpoint, "bucket": cfg.bucket,
                    "caches_dropped": caches_dropped},
         "dataset": None if ds is None else {**asdict(ds.spec), "bytes": ds.total_bytes, "objects": len(ds.sizes)},
@@ -127,6 +131,10 @@ def _median(results: dict, workload: str, phase: str, system: str) -> float | No
     return row["seconds"]["median"] if row and row["status"] == "ok" else None
 
 
+def _approx(row: dict | None) -> str:
+    return "~" if row and row.get("extrapolated") else ""
+
+
 def _table(results: dict, value) -> list[str]:
     names = [s["name"] for s in results["systems"]]
     lines = ["| workload | pass | " + " | ".join(names) + " |", "| --- | --- |" + " ---: |" * len(names)]
@@ -144,17 +152,21 @@ def markdown(results: dict, full: bool = True) -> str:
     out: list[str] = []
     ds = results["dataset"] or {}
     cfg = results["config"]
+    budget = cfg.get("pass_budget_s")
     out.append(f"Data set: {ds.get('objects', 0):,} objects, {ds.get('bytes', 0) / MIB:,.0f} MiB; "
                f"{cfg['repeat']} repeat(s), median shown; added latency {cfg['latency_ms']:g} ms each way"
+               + (f"; ~ = stopped at the {budget:g} s budget of a pass and extrapolated (not repeated)"
+                  if budget else "")
                + ("" if cfg["caches_dropped"] else "; WARNING: page cache NOT dropped (not root): cold = warm")
                + ".")
+    out += ["", "Systems: " + "; ".join(f"**{s['name']}**: {s['description']}" for s in results["systems"]) + "."]
     out += ["", "### Seconds (median; lower is better)", ""]
 
     def secs(w: str, p: str, n: str) -> str:
         row = _cell(results, w, p, n)
         if row is None:
             return "—"
-        return fmt_s(row["seconds"]["median"]) if row["status"] == "ok" else "n/a"
+        return _approx(row) + fmt_s(row["seconds"]["median"]) if row["status"] == "ok" else "n/a"
 
     out += _table(results, secs)
     for ref, label in (("s3fs", "s3fs-fuse"), ("local", "local disk")):
@@ -163,7 +175,10 @@ def markdown(results: dict, full: bool = True) -> str:
 
         def ratio(w: str, p: str, n: str, ref: str = ref) -> str:
             v, base = _median(results, w, p, n), _median(results, w, p, ref)
-            return fmt_ratio(v / base) if v is not None and base else "—"
+            if v is None or not base:
+                return "—"
+            approx = _approx(_cell(results, w, p, n)) or _approx(_cell(results, w, p, ref))
+            return approx + fmt_ratio(v / base)
 
         out += ["", f"### Ratio to {label} (< 1 is faster than {label})", ""]
         out += _table(results, ratio)

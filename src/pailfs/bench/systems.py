@@ -99,7 +99,11 @@ def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = MO
 
 
 def unmount(mountpoint: str, pids: list[int], first: list[str] | None = None) -> None:
-    """Unmount (politely first), then make sure the serving processes are gone."""
+    """Unmount (politely first), then make sure the serving processes are gone.
+
+    Every FUSE system is unmounted the same way (fusermount3 -u); a process is
+    gone once it is a zombie: reaping is init's business and can lag seconds.
+    """
     attempts = ([first] if first else []) + [["fusermount3", "-u", mountpoint], ["umount", "-l", mountpoint]]
     for args in attempts:
         if not is_mounted(mountpoint):
@@ -112,7 +116,7 @@ def unmount(mountpoint: str, pids: list[int], first: list[str] | None = None) ->
             log.debug("%s failed: %s", args[0], exc)
     if is_mounted(mountpoint):
         log.warning("could not unmount %s", mountpoint)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # a rw mount may still be uploading
     for sig in (None, signal.SIGTERM, signal.SIGKILL):
         if sig is not None:
             for pid in pids:
@@ -206,11 +210,14 @@ class MountSystem(System):
         pids: list[int] = []
 
         def close() -> None:
+            t0 = time.perf_counter()
             unmount(mountpoint, pids or pids_serving(mountpoint), self.unmount_command(mountpoint))
             self.after_unmount(env, mountpoint)
             with contextlib.suppress(OSError):
                 os.rmdir(mountpoint)
+            log.debug("%s: unmounted in %.3fs", self.name, time.perf_counter() - t0)
 
+        t0 = time.perf_counter()
         try:
             res = _run(args, env=child_env)
             if res.returncode != 0:
@@ -224,6 +231,7 @@ class MountSystem(System):
             pids.extend(pids_serving(mountpoint))
             if not pids:
                 raise BenchError(f"{self.name}: no process serves {mountpoint}")
+            log.debug("%s: mounted in %.3fs", self.name, time.perf_counter() - t0)
         except BaseException:
             close()
             raise
@@ -252,7 +260,8 @@ class PailfsMount(MountSystem):
     def check(self) -> None:
         try:
             import pailfs.cli.mount  # noqa: F401
-            from pailfs.fuse import FuseMount  # noqa: F401
+            import pailfs.fs.core  # noqa: F401
+            import pailfs.fuse  # noqa: F401
             from pailfs.store import open_store  # noqa: F401
         except ImportError as exc:
             raise BenchError(f"{self.name}: `pailfs mount` is not available in this build ({exc})") from None
@@ -268,9 +277,6 @@ class PailfsMount(MountSystem):
         # credentials through the environment: never in argv
         return ([sys.executable, "-m", "pailfs", "mount", env.target.bucket, mountpoint, "-o", opts],
                 _clean_env(env.target.env()))
-
-    def unmount_command(self, mountpoint: str) -> list[str]:
-        return [sys.executable, "-m", "pailfs", "umount", mountpoint]
 
 
 class S3fsMount(MountSystem):

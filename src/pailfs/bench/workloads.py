@@ -1,15 +1,19 @@
 """The timed workloads, each written once for a directory and once for the SDK.
 
-A workload function gets a Session and the Dataset (and, for writes, a fresh
-relative destination) and returns the number of operations it did; the runner
-times it. Readers use os.open/os.read (no Python buffering) unless the workload
+A workload function gets a Session, the Dataset, a fresh relative destination
+(for writes) and a Budget, and returns the number of operations it did; the
+runner times it. A pass that runs out of its time budget stops early with
+OverBudget(done, total) and the runner extrapolates: a system 100x slower than
+the rest need not hold the whole run up for an exact figure. Readers use os.open/os.read (no Python buffering) unless the workload
 says `open()`, because DESIGN.md shows the two differ on FUSE.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,13 +27,30 @@ THREADS = 8
 CREATE_FILES = 1000
 SMALL_FILE = 3 * 1024
 
-Op = Callable[[Session, Dataset, str], int]
+
+class OverBudget(Exception):
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"over budget after {done} of {total}")
+        self.done, self.total = done, total
+
+
+class Budget:
+    """A deadline for one pass; `over()` is cheap enough to ask per file."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.deadline = time.monotonic() + seconds if seconds else math.inf
+
+    def over(self) -> bool:
+        return time.monotonic() > self.deadline
+
+
+Op = Callable[[Session, Dataset, str, Budget], int]
 
 
 @dataclass(frozen=True)
 class Workload:
     name: str  # id used on the command line and in results.json
-    title: str  # may name {files} and {big}: filled in from the data set
+    title: str  # may name {files}, {big} and {creates}: filled in from the data set
     kind: str  # "read" or "write"
     on_fs: Op
     on_sdk: Op | None  # None: not applicable to the SDK (says why in sdk_note)
@@ -48,24 +69,39 @@ def _read_whole(path: str) -> int:
         os.close(fd)
 
 
-def _in_threads(items: list, fn: Callable[[object], object], threads: int) -> None:
+def _each(items: list, fn: Callable, budget: Budget) -> int:
+    for i, item in enumerate(items):
+        if budget.over():
+            raise OverBudget(i, len(items))
+        fn(item)
+    return len(items)
+
+
+def _in_threads(items: list, fn: Callable, threads: int, budget: Budget) -> int:
     """fn over items in `threads` threads, each taking every n-th item (no per-item executor cost)."""
     errors: list[BaseException] = []
+    done = [0] * threads
 
-    def worker(part: list) -> None:
+    def worker(n: int) -> None:
         try:
-            for item in part:
+            for item in items[n::threads]:
+                if budget.over():
+                    return
                 fn(item)
+                done[n] += 1
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(exc)
 
-    workers = [threading.Thread(target=worker, args=(items[i::threads],)) for i in range(threads)]
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
     if errors:
         raise errors[0]
+    if sum(done) < len(items):
+        raise OverBudget(sum(done), len(items))
+    return len(items)
 
 
 def _paths(session: Session, keys: list[str]) -> list[str]:
@@ -78,22 +114,24 @@ def _sdk_get(session: Session, key: str) -> int:
 
 
 # --- reads -------------------------------------------------------------------
-def mnist_fs(s: Session, ds: Dataset, dest: str) -> int:
+def mnist_fs(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
     for p in _paths(s, ds.mnist_keys):
         _read_whole(p)
     return len(ds.mnist_keys)
 
 
-def mnist_sdk(s: Session, ds: Dataset, dest: str) -> int:
+def mnist_sdk(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
     for key in ds.mnist_keys:
         _sdk_get(s, key)
     return len(ds.mnist_keys)
 
 
-def walk_fs(s: Session, ds: Dataset, dest: str) -> int:
+def walk_fs(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
     n = 0
     for root, _dirs, files in os.walk(f"{s.root}/folder"):
         for name in files:
+            if budget.over():
+                raise OverBudget(n, len(ds.folder_keys))
             os.stat(f"{root}/{name}")
             n += 1
     if n != len(ds.folder_keys):
@@ -101,7 +139,7 @@ def walk_fs(s: Session, ds: Dataset, dest: str) -> int:
     return n
 
 
-def walk_sdk(s: Session, ds: Dataset, dest: str) -> int:
+def walk_sdk(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
     # LIST carries size and mtime: the SDK's walk + stat
     n = sum(len(batch) for batch in obstore.list(s.store, "folder/", chunk_size=1000))
     if n != len(ds.folder_keys):
@@ -113,55 +151,49 @@ def folder_paths(s: Session, ds: Dataset) -> list[str]:
     return _paths(s, sorted(ds.folder_keys))
 
 
-def read1_fs(s: Session, ds: Dataset, dest: str) -> int:
-    paths = folder_paths(s, ds)
-    for p in paths:
-        _read_whole(p)
-    return len(paths)
+def read1_fs(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
+    return _each(folder_paths(s, ds), _read_whole, budget)
 
 
-def read1_open_fs(s: Session, ds: Dataset, dest: str) -> int:
-    paths = folder_paths(s, ds)
-    for p in paths:
-        with open(p, "rb") as f:
+def read1_open_fs(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
+    def read(path: str) -> None:
+        with open(path, "rb") as f:
             f.read()
-    return len(paths)
+
+    return _each(folder_paths(s, ds), read, budget)
 
 
-def read1_sdk(s: Session, ds: Dataset, dest: str) -> int:
-    keys = sorted(ds.folder_keys)
-    for key in keys:
-        _sdk_get(s, key)
-    return len(keys)
+def read1_sdk(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
+    return _each(sorted(ds.folder_keys), lambda k: _sdk_get(s, k), budget)
 
 
-def read8_fs(s: Session, ds: Dataset, dest: str) -> int:
-    paths = folder_paths(s, ds)
-    _in_threads(paths, _read_whole, THREADS)
-    return len(paths)
+def read8_fs(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
+    return _in_threads(folder_paths(s, ds), _read_whole, THREADS, budget)
 
 
-def read8_sdk(s: Session, ds: Dataset, dest: str) -> int:
-    keys = sorted(ds.folder_keys)
-    _in_threads(keys, lambda k: _sdk_get(s, k), THREADS)
-    return len(keys)
+def read8_sdk(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
+    return _in_threads(sorted(ds.folder_keys), lambda k: _sdk_get(s, k), THREADS, budget)
 
 
-def big_fs(s: Session, ds: Dataset, dest: str) -> int:
+def big_fs(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
     buf = bytearray(MIB)
     n = 0
     with open(f"{s.root}/{ds.big_key}", "rb", buffering=0) as f:
         while got := f.readinto(buf):
             n += got
+            if budget.over():
+                raise OverBudget(n, ds.sizes[ds.big_key])
     if n != ds.sizes[ds.big_key]:
         raise AssertionError(f"read {n} bytes of {ds.big_key}, expected {ds.sizes[ds.big_key]}")
     return n // MIB
 
 
-def big_sdk(s: Session, ds: Dataset, dest: str) -> int:
+def big_sdk(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
     n = 0
     for chunk in obstore.get(s.store, ds.big_key).stream(min_chunk_size=MIB):
         n += len(chunk)
+        if budget.over():
+            raise OverBudget(n, ds.sizes[ds.big_key])
     if n != ds.sizes[ds.big_key]:
         raise AssertionError(f"got {n} bytes of {ds.big_key}, expected {ds.sizes[ds.big_key]}")
     return n // MIB
@@ -171,38 +203,48 @@ def big_sdk(s: Session, ds: Dataset, dest: str) -> int:
 _PAYLOAD = os.urandom(MIB)
 
 
-def create_fs(s: Session, ds: Dataset, dest: str) -> int:
+def creates(ds: Dataset) -> int:
+    return min(CREATE_FILES, ds.spec.files)  # tiny test data sets create fewer
+
+
+def create_fs(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
     base = f"{s.root}/{dest}"
     os.makedirs(base, exist_ok=True)
-    for i in range(CREATE_FILES):
+    for i in range(creates(ds)):
+        if budget.over():
+            raise OverBudget(i, creates(ds))
         fd = os.open(f"{base}/{i:04d}.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(fd, _PAYLOAD[i:i + SMALL_FILE])
         finally:
             os.close(fd)  # rw mounts upload here
-    return CREATE_FILES
+    return creates(ds)
 
 
-def create_sdk(s: Session, ds: Dataset, dest: str) -> int:
-    for i in range(CREATE_FILES):
+def create_sdk(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
+    for i in range(creates(ds)):
+        if budget.over():
+            raise OverBudget(i, creates(ds))
         obstore.put(s.store, f"{dest}/{i:04d}.bin", _PAYLOAD[i:i + SMALL_FILE])
-    return CREATE_FILES
+    return creates(ds)
 
 
-def write_big_fs(s: Session, ds: Dataset, dest: str) -> int:
+def write_big_fs(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
     base = f"{s.root}/{dest}"
     os.makedirs(base, exist_ok=True)
     chunks = ds.spec.big_bytes // MIB
     fd = os.open(f"{base}/big.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        for _ in range(chunks):
+        for i in range(chunks):
+            if budget.over():
+                raise OverBudget(i, chunks)
             os.write(fd, _PAYLOAD)
     finally:
         os.close(fd)
     return chunks
 
 
-def write_big_sdk(s: Session, ds: Dataset, dest: str) -> int:
+def write_big_sdk(s: Session, ds: Dataset, dest: str, budget: Budget) -> int:
     chunks = ds.spec.big_bytes // MIB
     # an iterable makes obstore upload in parts, several in flight: its best case
     obstore.put(s.store, f"{dest}/big.bin", (_PAYLOAD for _ in range(chunks)),
@@ -218,7 +260,7 @@ WORKLOADS: tuple[Workload, ...] = (
              "no open() in an SDK; see read1"),
     Workload("read8", "read folder/ ({files} files), 8 threads, os.read", "read", read8_fs, read8_sdk),
     Workload("big", "read big/ ({big}) sequentially, 1 MiB reads", "read", big_fs, big_sdk),
-    Workload("create", f"create {CREATE_FILES:,} small files", "write", create_fs, create_sdk),
+    Workload("create", "create {creates} small files", "write", create_fs, create_sdk),
     Workload("write-big", "write one {big} file, 1 MiB writes", "write", write_big_fs, write_big_sdk),
 )
 BY_NAME = {w.name: w for w in WORKLOADS}
