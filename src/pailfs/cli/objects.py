@@ -235,6 +235,10 @@ async def _plan_download(stores: Stores, src: StoreURL, dst: str, recursive: boo
         raise
     if dst.endswith(("/", os.sep)) or target.is_dir():
         target = target / src.path.rsplit("/", 1)[-1]
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cp: cannot create directory {target.parent}: {exc.strerror}") from None
     return [_Job(info.size, lambda prog: store.get_file(src.path, target, progress=prog))]
 
 
