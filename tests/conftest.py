@@ -22,7 +22,7 @@ def seaweed(tmp_path_factory):
     try:
         yield srv
     finally:
-        srv.stop()
+        srv.stop(timeout=3)  # its data is thrown away: no need to wait for a slow flush
 
 
 @pytest.fixture(scope="session")

@@ -104,7 +104,7 @@ def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_f
     def on_loop(coro, timeout=None):
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
-    fs = None
+    fs = store = None
     try:
         try:
             check_mountpoint(str(mountpoint), nonempty=opts.nonempty)
@@ -149,6 +149,11 @@ def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_f
                 on_loop(fs.close(), timeout=600)
             except Exception as exc:  # noqa: BLE001 - report, then go on shutting down
                 log.error("while closing: %s", exc)
+        if store is not None:
+            try:
+                on_loop(store.close(), timeout=10)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("while closing the store: %s", exc)
         loop.call_soon_threadsafe(loop.stop)
         loop_thread.join(timeout=5)
 
@@ -163,8 +168,17 @@ def umount(mountpoint: Path = typer.Argument(...),
     # return once the mount process has finished (its last uploads included)
     deadline = time.monotonic() + 120
     while serving and time.monotonic() < deadline:
-        serving = [pid for pid in serving if os.path.exists(f"/proc/{pid}")]
-        time.sleep(0.05)
+        serving = [pid for pid in serving if _running(pid)]
+        time.sleep(0.02)
+
+
+def _running(pid: int) -> bool:
+    """True while pid runs (a zombie waiting for its reaper has finished)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _mount_processes(mountpoint: Path) -> list[int]:
