@@ -306,3 +306,20 @@ def test_dead_server_gives_eio_then_recovers(tmp_path, monkeypatch):
                     time.sleep(0.5)
     finally:
         SeaweedServer(tmp_path / "srv").stop()
+
+
+def test_mount_t_fuse_pailfs_and_fstab_style_options(dataset, s3_env, tmp_path):
+    """mount(8) runs /sbin/mount.fuse.pailfs (linked by `make setup`) with fstab-style options."""
+    bucket, objects = dataset
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "fuse.pailfs", f"{bucket}:/train", str(mnt),
+                           "-o", f"ro,nosuid,nodev,_netdev,kernel_cache,url={s3_env['PAILFS_ENDPOINT']}"],
+                          capture_output=True, timeout=60)
+    try:
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert sorted(os.listdir(mnt)) == ["class0", "class1", "class2"]
+        assert (mnt / "class0/img000.bin").read_bytes() == objects["train/class0/img000.bin"]
+    finally:
+        pailfs("umount", str(mnt))
+    assert not is_mounted(mnt)
