@@ -205,8 +205,8 @@ def test_publish_unsupported_access_mode_fails_precondition(stubs, tmp_path, mod
     ({"url": "http://127.0.0.1:1"}, "bucket"),
     ({"bucket": "data-bucket"}, "url"),
     ({"bucket": "-o", "url": "http://127.0.0.1:1"}, "bucket"),
-    ({"bucket": "b1", "url": "http://127.0.0.1:1", "path": "/data/../../etc"}, "path"),
-    ({"bucket": "b1", "url": "http://127.0.0.1:1", "color": "blue"}, "color"),
+    ({"bucket": "bk1", "url": "http://127.0.0.1:1", "path": "/data/../../etc"}, "path"),
+    ({"bucket": "bk1", "url": "http://127.0.0.1:1", "color": "blue"}, "color"),
 ])
 def test_publish_bad_volume_attributes_are_invalid(stubs, tmp_path, context, words):
     _, node = stubs
@@ -218,7 +218,7 @@ def test_publish_bad_volume_attributes_are_invalid(stubs, tmp_path, context, wor
 @pytest.mark.parametrize("name", LOCAL_PATH_OPTIONS)
 def test_publish_refuses_options_naming_node_files(stubs, tmp_path, name):
     _, node = stubs
-    ctx = {"bucket": "b1", "url": "http://127.0.0.1:1", "otherOpts": f"kernel_cache,{name}=/etc/shadow"}
+    ctx = {"bucket": "bk1", "url": "http://127.0.0.1:1", "otherOpts": f"kernel_cache,{name}=/etc/shadow"}
     err = error_of(node.NodePublishVolume, publish_request("vol-1", tmp_path / "t", context=ctx))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert name in err.details()
@@ -239,7 +239,7 @@ def test_local_path_options_are_the_file_naming_ones():
 ])
 def test_publish_bad_other_opts_are_invalid(stubs, tmp_path, other, words):
     _, node = stubs
-    ctx = {"bucket": "b1", "url": "http://127.0.0.1:1", "otherOpts": other}
+    ctx = {"bucket": "bk1", "url": "http://127.0.0.1:1", "otherOpts": other}
     err = error_of(node.NodePublishVolume, publish_request("vol-1", tmp_path / "t", context=ctx))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert words in err.details()
@@ -259,7 +259,7 @@ def test_publish_bad_secrets_are_invalid_and_never_echoed(stubs, plugin, tmp_pat
 
 def test_publish_errors_never_show_secrets(stubs, plugin, tmp_path):
     _, node = stubs
-    ctx = {"bucket": "b1", "url": "http://127.0.0.1:1", "otherOpts": "bogus"}
+    ctx = {"bucket": "bk1", "url": "http://127.0.0.1:1", "otherOpts": "bogus"}
     err = error_of(node.NodePublishVolume, publish_request("vol-1", tmp_path / "t", context=ctx))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     log = plugin.log.read_text()
@@ -294,7 +294,7 @@ def test_unpublish_without_required_field_is_invalid(stubs, field):
 # ---- read-only enforcement (the plan the plugin hands to `pailfs mount`) ----------
 
 def _plan(mode, readonly=False, other="", flags=()):
-    ctx = {"bucket": "b1", "url": "http://127.0.0.1:1", "otherOpts": other}
+    ctx = {"bucket": "bk1", "url": "http://127.0.0.1:1", "otherOpts": other}
     return plan_mount(publish_request("v", "/t", mode=mode, readonly=readonly, context=ctx, flags=flags))
 
 
@@ -320,8 +320,8 @@ def test_writer_mode_without_readonly_mounts_read_write():
 
 def test_plan_sets_url_and_allow_other_and_keeps_subpath():
     plan = plan_mount(publish_request("v", "/t", context={
-        "bucket": "b1", "url": "http://10.0.0.5:8333", "path": "tf-train/train/data/"}))
-    assert plan.source == "b1:/tf-train/train/data"
+        "bucket": "bk1", "url": "http://10.0.0.5:8333", "path": "tf-train/train/data/"}))
+    assert plan.source == "bk1:/tf-train/train/data"
     assert "url=http://10.0.0.5:8333" in plan.tokens and "allow_other" in plan.tokens
 
 

@@ -60,7 +60,7 @@ KUBELET_CONTEXT_PREFIX = "csi.storage.k8s.io/"
 
 # S3 and OSS bucket names; the strict form also keeps the argv positional from
 # ever looking like an option.
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,254}$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # as pailfs.store.url
 # Options the plugin sets itself; a user token naming one is refused.
 _PLUGIN_OWNED = frozenset({"url", "passwd_file"})
 
