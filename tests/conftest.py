@@ -68,3 +68,23 @@ def make_bucket(seaweed, name: str | None = None) -> str:
 def bucket(seaweed) -> str:
     """A fresh, empty bucket for one test."""
     return make_bucket(seaweed)
+
+
+@pytest.fixture
+def private_server(tmp_path, monkeypatch):
+    """A SeaweedFS of this test's own (to kill and restart), one bucket in it, and the
+    environment pointing pailfs at it. Yields (server, state, bucket)."""
+    srv = SeaweedServer(tmp_path / "private-srv")
+    state = srv.start()
+    try:
+        bucket = make_bucket(srv)
+        for name, value in srv.env().items():
+            monkeypatch.setenv(name, value)
+        yield srv, state, bucket
+    finally:
+        SeaweedServer(tmp_path / "private-srv").stop(timeout=3)
+
+
+def restart(server_state, tmp_path) -> None:
+    """Start the private server again on the same endpoint."""
+    SeaweedServer(tmp_path / "private-srv", s3_port=server_state.s3_port).start()

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mounts import get_object, is_mounted, mounted, pailfs, put_objects
-from pailfs.server import SeaweedServer
 
 RO = "ro,kernel_cache,max_stat_cache_size=10000,umask=022"
 
@@ -274,38 +273,31 @@ def test_already_mounted_mountpoint_is_refused(dataset, s3_env, tmp_path):
         assert os.listdir(mnt)  # the first mount still answers
 
 
-def test_dead_server_gives_eio_then_recovers(tmp_path, monkeypatch):
-    from conftest import make_bucket
+def test_dead_server_gives_eio_then_recovers(private_server, tmp_path):
+    from conftest import restart
 
-    srv = SeaweedServer(tmp_path / "srv")
-    state = srv.start()
+    srv, state, bucket = private_server
     mnt = tmp_path / "mnt"
-    try:
-        bucket = make_bucket(srv)
-        for name, value in srv.env().items():
-            monkeypatch.setenv(name, value)
-        put_objects(f"s3://{bucket}", {"a.txt": b"alpha", "b.txt": b"bravo"})
-        with mounted(bucket, mnt, "ro,readwrite_timeout=3,connect_timeout=2,retries=0"):
-            assert (mnt / "a.txt").read_bytes() == b"alpha"
-            srv.stop()
-            started = time.monotonic()
-            with pytest.raises(OSError) as info:
-                (mnt / "b.txt").read_bytes()
-            assert info.value.errno == errno.EIO
-            assert time.monotonic() - started < 20
-            assert (mnt / "a.txt").read_bytes() == b"alpha"  # cached data still served
-            SeaweedServer(tmp_path / "srv", s3_port=state.s3_port).start()
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    assert (mnt / "b.txt").read_bytes() == b"bravo"
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
-    finally:
-        SeaweedServer(tmp_path / "srv").stop()
+    put_objects(f"s3://{bucket}", {"a.txt": b"alpha", "b.txt": b"bravo"})
+    with mounted(bucket, mnt, "ro,readwrite_timeout=3,connect_timeout=2,retries=0"):
+        assert (mnt / "a.txt").read_bytes() == b"alpha"
+        srv.stop(timeout=3)
+        started = time.monotonic()
+        with pytest.raises(OSError) as info:
+            (mnt / "b.txt").read_bytes()
+        assert info.value.errno == errno.EIO
+        assert time.monotonic() - started < 20
+        assert (mnt / "a.txt").read_bytes() == b"alpha"  # cached data still served
+        restart(state, tmp_path)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert (mnt / "b.txt").read_bytes() == b"bravo"
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
 
 def test_mount_t_fuse_pailfs_and_fstab_style_options(dataset, s3_env, tmp_path):

@@ -14,7 +14,6 @@ import time
 import pytest
 
 from mounts import get_object, list_keys, mounted, put_objects
-from pailfs.server import SeaweedServer
 
 RW = "stat_cache_expire=60"
 
@@ -171,28 +170,20 @@ def test_nodelete_refuses_deletion_but_allows_new_files(bucket, s3_env, tmp_path
         assert get_object(f"s3://{bucket}", "new.txt") == b"new"
 
 
-def test_failed_upload_gives_eio_and_leaves_the_bucket_unchanged(tmp_path, monkeypatch):
-    from conftest import make_bucket
+def test_failed_upload_gives_eio_and_leaves_the_bucket_unchanged(private_server, tmp_path):
+    from conftest import restart
 
-    srv = SeaweedServer(tmp_path / "srv")
-    state = srv.start()
-    mnt = tmp_path / "mnt"
-    try:
-        bucket = make_bucket(srv)
-        for name, value in srv.env().items():
-            monkeypatch.setenv(name, value)
-        url = f"s3://{bucket}"
-        put_objects(url, {"model.bin": b"old content"})
-        with mounted(bucket, mnt, "readwrite_timeout=3,connect_timeout=2,retries=0"):
-            fd = os.open(mnt / "model.bin", os.O_WRONLY | os.O_TRUNC)
-            os.write(fd, b"new content that must not half-arrive")
-            srv.stop()  # the server dies before close
-            started = time.monotonic()
-            with pytest.raises(OSError) as info:
-                os.close(fd)
-            assert info.value.errno == errno.EIO
-            assert time.monotonic() - started < 30
-        SeaweedServer(tmp_path / "srv", s3_port=state.s3_port).start()  # same endpoint again
-        assert get_object(url, "model.bin") == b"old content"
-    finally:
-        srv.stop()
+    srv, state, bucket = private_server
+    url = f"s3://{bucket}"
+    put_objects(url, {"model.bin": b"old content"})
+    with mounted(bucket, tmp_path / "mnt", "readwrite_timeout=3,connect_timeout=2,retries=0") as mnt:
+        fd = os.open(mnt / "model.bin", os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, b"new content that must not half-arrive")
+        srv.stop(timeout=3)  # the server dies before close
+        started = time.monotonic()
+        with pytest.raises(OSError) as info:
+            os.close(fd)
+        assert info.value.errno == errno.EIO
+        assert time.monotonic() - started < 30
+    restart(state, tmp_path)
+    assert get_object(url, "model.bin") == b"old content"

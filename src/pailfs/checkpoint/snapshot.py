@@ -26,6 +26,7 @@ from typing import Mapping, Sequence, Union
 
 from pailfs.checkpoint.manifest import check_name
 from pailfs.errors import CheckpointError
+from pailfs.procs import pid_running
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +68,6 @@ class Snapshot:
         for d in self.dirs:
             shutil.rmtree(d, ignore_errors=True)
         self.dirs.clear()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Stager:
@@ -265,5 +256,5 @@ def _remove_dead_roots(parent: str) -> None:
         return
     for n in names:
         pid = n[len(STAGING_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_running(int(pid)):
             shutil.rmtree(os.path.join(parent, n), ignore_errors=True)

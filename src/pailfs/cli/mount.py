@@ -26,6 +26,7 @@ import typer
 from pailfs import config
 from pailfs.cli import app
 from pailfs.errors import MountError, PailfsError
+from pailfs.procs import pid_running, pids_with_argument
 
 log = logging.getLogger(__name__)
 
@@ -163,41 +164,13 @@ def umount(mountpoint: Path = typer.Argument(...),
            lazy: bool = typer.Option(False, "-l", "--lazy", help="Detach now, clean up when no longer busy.")) -> None:
     from pailfs.fuse import unmount
 
-    serving = _mount_processes(mountpoint)
+    serving = pids_with_argument(str(mountpoint), words=("mount", "-f"))
     unmount(str(mountpoint), lazy=lazy)
     # return once the mount process has finished (its last uploads included)
     deadline = time.monotonic() + 120
     while serving and time.monotonic() < deadline:
-        serving = [pid for pid in serving if _running(pid)]
+        serving = [pid for pid in serving if pid_running(pid)]
         time.sleep(0.02)
-
-
-def _running(pid: int) -> bool:
-    """True while pid runs (a zombie waiting for its reaper has finished)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _mount_processes(mountpoint: Path) -> list[int]:
-    """pids of `pailfs mount ... MOUNTPOINT -f` processes serving this mountpoint."""
-    target = os.path.realpath(mountpoint)
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        words = [a.decode(errors="replace") for a in argv]
-        if "mount" in words and "-f" in words and "pailfs" in " ".join(words[:3]) and \
-                any(os.path.realpath(w) == target for w in words if w.startswith("/")):
-            found.append(int(entry))
-    return found
 
 
 def read_stats(mountpoint: Path) -> dict:

@@ -26,6 +26,7 @@ import httpx
 import platformdirs
 
 from pailfs.errors import PailfsError
+from pailfs.procs import pid_running
 from pailfs.store.s3api import Credentials, S3Api
 
 log = logging.getLogger(__name__)
@@ -64,20 +65,6 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.chmod(path, 0o600)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @dataclass
@@ -134,7 +121,7 @@ class SeaweedServer:
         except (OSError, ValueError):
             return None
         state = ServerState(**raw)
-        if not _pid_alive(state.pid):
+        if not pid_running(state.pid):
             self.state_file.unlink(missing_ok=True)
             return None
         return state
@@ -237,11 +224,11 @@ class SeaweedServer:
             except ProcessLookupError:
                 break
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _pid_alive(pid):
+            while time.monotonic() < deadline and pid_running(pid):
                 if self._proc is not None and self._proc.pid == pid:
                     self._proc.poll()
                 time.sleep(0.05)
-            if not _pid_alive(pid):
+            if not pid_running(pid):
                 break
         if self._proc is not None and self._proc.pid == pid:
             try:
