@@ -469,7 +469,7 @@ class ObjectFileSystem:
             pf = Prefetcher(lambda start, end: self._get_range(key, etag, start, end), node.size,
                             chunk_size=MiB, max_window=self.options.readahead_max * MiB,
                             parallel=self.options.parallel_count,
-                            group=max(1, self.options.multipart_size // 1 if self.options.multipart_size < 8 else 8))
+                            group=8)  # one ranged GET covers up to 8 chunks
             self._prefetchers[ino] = pf
             if len(self._prefetchers) > 64:  # bound memory: drop the oldest reader
                 old_ino = next(iter(self._prefetchers))
@@ -518,12 +518,7 @@ class ObjectFileSystem:
     async def getxattr(self, ino: int, name: str) -> bytes:
         if ino == ROOT_INO and name == STATS_XATTR:
             return json.dumps(self.stats()).encode()
-        node = self._node(ino)
-        if name.startswith("user.") and not self.read_only and not node.is_dir:
-            info = await self.store.head(node.key())
-            value = (info.metadata or {}).get("xattr-" + name[5:])
-            if value is not None:
-                return value.encode()
+        self._node(ino)
         raise errors.NoSuchAttribute(name)
 
     async def listxattr(self, ino: int) -> list[str]:
