@@ -199,6 +199,14 @@ def markdown(results: dict, full: bool = True) -> str:
 
         out += ["", "### Spread: min–max seconds", ""]
         out += _table(results, spread)
+
+        def server(w: str, p: str, n: str) -> str:
+            row = _cell(results, w, p, n)
+            return fmt_s(row["server_cpu"]) if row and row["status"] == "ok" and row.get("server_cpu") is not None else "—"
+
+        if any(r.get("server_cpu") is not None for r in results["results"]):
+            out += ["", "### CPU seconds of the object store (SeaweedFS) during the pass", ""]
+            out += _table(results, server)
     if results["memory"]:
         out += ["", "### Metadata memory: RSS of the mount process around a cold walk + stat", "",
                 "| system | entries stat-ed | RSS before | RSS after | bytes per entry |", "| --- | ---: | ---: | ---: | ---: |"]
@@ -238,11 +246,37 @@ def soak_summary(soak: dict) -> str:
 
 
 # --- files -------------------------------------------------------------------------
+def soak_chart(soak: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [x["t"] for x in soak["samples"]]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(t, [x["rss"] / MIB for x in soak["samples"]], color="#4878d0", label="RSS (MiB)")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("RSS of the mount process (MiB)")
+    ax.set_ylim(bottom=0)
+    other = ax.twinx()
+    other.plot(t, [x["errors"] for x in soak["samples"]], color="#d65f5f", label="errors")
+    other.set_ylabel("errors (cumulative)")
+    other.set_ylim(0, max(1, soak["errors"]) * 1.1)
+    ax.set_title(f"pailfs bench --soak: {soak['threads']} readers on {soak['system']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def chart(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    if results.get("soak") and not any(r["status"] == "ok" for r in results["results"]):
+        soak_chart(results["soak"], path)
+        return
 
     workloads = results["workloads"]
     names = [s["name"] for s in results["systems"]]
@@ -264,7 +298,8 @@ def chart(results: dict, path: Path) -> None:
         ax.set_xlabel("seconds (log)", fontsize=8)
     for ax in list(axes.flat)[len(workloads):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    if axes.flat[0].get_legend_handles_labels()[0]:
+        axes.flat[0].legend(fontsize=8)
     fig.suptitle("pailfs bench: seconds, median (lower is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

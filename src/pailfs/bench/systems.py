@@ -105,6 +105,7 @@ def unmount(mountpoint: str, pids: list[int], first: list[str] | None = None) ->
     gone once it is a zombie: reaping is init's business and can lag seconds.
     """
     attempts = ([first] if first else []) + [["fusermount3", "-u", mountpoint], ["umount", "-l", mountpoint]]
+    was_mounted = is_mounted(mountpoint)
     for args in attempts:
         if not is_mounted(mountpoint):
             break
@@ -116,7 +117,9 @@ def unmount(mountpoint: str, pids: list[int], first: list[str] | None = None) ->
             log.debug("%s failed: %s", args[0], exc)
     if is_mounted(mountpoint):
         log.warning("could not unmount %s", mountpoint)
-    deadline = time.monotonic() + 60  # a rw mount may still be uploading
+    # after an unmount a rw mount may still be uploading; a process that never
+    # mounted (interrupted start) is told to stop at once
+    deadline = time.monotonic() + (60 if was_mounted else 0)
     for sig in (None, signal.SIGTERM, signal.SIGKILL):
         if sig is not None:
             for pid in pids:
