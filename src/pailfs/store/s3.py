@@ -152,6 +152,8 @@ def failure_of(exc: BaseException | httpx.Response) -> Failure:
             transport = "connection refused"
         elif "kind: Connect" in text or "error sending request" in text or "dns error" in text.lower():
             transport = "connection failed"
+        elif "kind: Interrupted" in text or "body error" in text:  # the connection broke mid-body
+            transport = "connection broken mid-transfer"
     return Failure(status, code.group(1) if code else None, transport)
 
 
