@@ -171,7 +171,7 @@ class WriteBack:
             st.dirty = True
         if not st.handles:  # truncate(2) on a path: no close will follow
             await self._upload(st)
-            self._unstage(st)
+            self._unstage_unless_reopened(st)
 
     async def save_metadata(self, node: "Node") -> None:
         st = self.staged.get(node.ino)
@@ -179,7 +179,7 @@ class WriteBack:
             st.dirty = True  # the next upload carries the metadata
             if not st.handles:
                 await self._upload(st)
-                self._unstage(st)
+                self._unstage_unless_reopened(st)
             return
         key = node.key()
         if node.is_dir:
@@ -229,11 +229,18 @@ class WriteBack:
             try:
                 await self._upload(st)
             except StoreError:
-                # keep the staged file for the user; forget it in the mount
-                self.staged.pop(node.ino, None)
-                os.close(st.fd)
+                if not st.handles:  # else reopened during the upload: the new handle owns it
+                    # keep the staged file for the user; forget it in the mount
+                    self.staged.pop(node.ino, None)
+                    os.close(st.fd)
                 return
-        self._unstage(st)
+        self._unstage_unless_reopened(st)
+
+    def _unstage_unless_reopened(self, st: Staged) -> None:
+        """Drop a staged file after an upload, unless a handle opened it while the
+        upload was awaited: that writer keeps using st.fd (closing it gave EBADF)."""
+        if not st.handles:
+            self._unstage(st)
 
     async def discard(self, node: "Node") -> None:
         """The file is being deleted: drop its staged data without uploading."""
