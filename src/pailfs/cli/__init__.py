@@ -39,10 +39,41 @@ def fail(message: str, code: int = 1) -> "typer.Exit":
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        app()
-    except PailfsError as exc:
-        typer.echo(f"pailfs: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("pailfs: interrupted", err=True)
-        sys.exit(130)
+        try:
+            app()
+        except PailfsError as exc:
+            typer.echo(f"pailfs: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            typer.echo("pailfs: interrupted", err=True)
+            sys.exit(130)
+    except SystemExit as exc:
+        _exit(exc.code)
+    _exit(0)
+
+
+def _exit(code: int | str | None) -> None:
+    """Exit without interpreter finalization.
+
+    A failed or cancelled transfer can leave obstore requests in flight (the
+    other parts of a download); when one ends, a tokio thread hands its result
+    to Python. If that happens after finalization began, CPython pthread_exit()s
+    the thread through Rust frames and the process aborts (SIGABRT, exit 134)
+    after the error line was printed. Shut down the way finalization would —
+    threads, atexit handlers, flushed streams — then leave with the exit code.
+    """
+    if isinstance(code, str):
+        sys.stderr.write(code + "\n")
+        code = 1
+    import atexit
+    import os
+    import threading
+
+    threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads, as at exit
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code or 0)
