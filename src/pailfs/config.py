@@ -39,18 +39,30 @@ def _parse_id(text: str) -> int:
     return value
 
 
+# Counts and sizes reach obstore (Rust usize, and MB * 2**20 must still fit) and
+# timeouts reach datetime.timedelta: bound them so that a typo is a BadOption, not a crash.
+MAX_COUNT = 2**31 - 1
+MAX_SECONDS = 365 * 86400
+
+
+def _at_most(value, limit):  # noqa: ANN001, ANN202
+    if value > limit:
+        raise ValueError(f"must be at most {limit}")
+    return value
+
+
 def _nonneg_int(text: str) -> int:
     value = int(text, 10)
     if value < 0:
         raise ValueError("must be >= 0")
-    return value
+    return _at_most(value, MAX_COUNT)
 
 
 def _pos_int(text: str) -> int:
     value = int(text, 10)
     if value <= 0:
         raise ValueError("must be > 0")
-    return value
+    return _at_most(value, MAX_COUNT)
 
 
 def _expire(text: str) -> int:
@@ -62,9 +74,9 @@ def _expire(text: str) -> int:
 
 def _seconds(text: str) -> float:
     value = float(text)
-    if value <= 0:
+    if not value > 0:  # also refuses nan
         raise ValueError("must be > 0 seconds")
-    return value
+    return _at_most(value, MAX_SECONDS)
 
 
 def _text(text: str) -> str:
