@@ -34,6 +34,8 @@ from pailfs.fs.writes import WriteBack
 from pailfs.store.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
+NAME_MAX = 255        # bytes in one name (Linux, and S3 servers such as SeaweedFS)
+MAX_KEY_BYTES = 1024  # S3: a key is at most 1024 bytes
 
 FOREVER = float(2**31)  # kernel timeouts for "never expires"
 STATS_XATTR = "user.pailfs.stats"
@@ -529,6 +531,15 @@ class ObjectFileSystem:
         if self.read_only:
             raise ReadOnly("read-only mount")
 
+    @staticmethod
+    def _check_new_name(pnode: Node, name: str) -> None:
+        """A name this mount would create: at most NAME_MAX bytes, its key at most 1024
+        bytes (the S3 limit). Refused here (ENAMETOOLONG) rather than by the store at
+        upload time, when close() could only say EIO."""
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX or \
+                len(pnode.child_key(name).encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
+            raise errors.NameTooLong(f"name or key too long: {pnode.child_key(name)[:80]!r}")
+
     def _deletable(self) -> None:
         self._writable()
         if self.options.nodelete:
@@ -548,6 +559,7 @@ class ObjectFileSystem:
     async def create(self, parent: int, name: str, mode: int, flags: int) -> tuple[Node, int]:
         self._writable()
         pnode = self._dir(parent)
+        self._check_new_name(pnode, name)
         existing = await self._lookup_or_none(parent, name)
         if existing is not None:
             if flags & os.O_EXCL:
@@ -618,6 +630,7 @@ class ObjectFileSystem:
     async def mkdir(self, parent: int, name: str, mode: int) -> Node:
         self._writable()
         pnode = self._dir(parent)
+        self._check_new_name(pnode, name)
         if await self._lookup_or_none(parent, name) is not None:
             raise errors.AlreadyExists(pnode.child_key(name))
         node = self._new_node(pnode, name, True, mtime=time.time())
@@ -657,6 +670,7 @@ class ObjectFileSystem:
         self._writable()
         if flags & 2:  # RENAME_EXCHANGE: no atomic swap on object storage
             raise NotSupported("RENAME_EXCHANGE is not supported")
+        self._check_new_name(self._dir(new_parent), new_name)
         node = await self.lookup(parent, name)
         dst_dir = self._dir(new_parent)
         target = await self._lookup_or_none(new_parent, new_name)
@@ -719,6 +733,7 @@ class ObjectFileSystem:
     async def symlink(self, parent: int, name: str, target: str) -> Node:
         self._writable()
         pnode = self._dir(parent)
+        self._check_new_name(pnode, name)
         if await self._lookup_or_none(parent, name) is not None:
             raise errors.AlreadyExists(pnode.child_key(name))
         node = self._new_node(pnode, name, False, mtime=time.time())
