@@ -127,6 +127,11 @@ def check_mountpoint(mountpoint: str, *, nonempty: bool = False) -> str:
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mountpoint {path} is not a directory")
     if find_mount(path) is not None:
+        try:  # the stat above may have come from the attribute cache of a dead FUSE mount
+            os.statvfs(path)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+                raise MountError(f"mountpoint {path} is a stale FUSE mount; run `pailfs umount {path}`") from None
         raise MountError(f"{path} is already a mount point")
     if not nonempty:
         try:
