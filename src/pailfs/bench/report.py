@@ -158,6 +158,7 @@ def markdown(results: dict, full: bool = True) -> str:
                + (f"; ~ = stopped at the {budget:g} s budget of a pass and extrapolated (not repeated)"
                   if budget else "")
                + ("" if cfg["caches_dropped"] else "; WARNING: page cache NOT dropped (not root): cold = warm")
+               + ("; INTERRUPTED: partial results" if cfg.get("interrupted") else "")
                + ".")
     out += ["", "Systems: " + "; ".join(f"**{s['name']}**: {s['description']}" for s in results["systems"]) + "."]
     out += ["", "### Seconds (median; lower is better)", ""]

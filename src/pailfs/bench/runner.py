@@ -329,8 +329,9 @@ def run(cfg: BenchConfig, console: Console | None = None) -> dict[str, Any]:
     os.chmod(workdir, 0o700)
     server = None
     proxy: LatencyProxy | None = None
+    interrupted: KeyboardInterrupt | None = None
     try:
-        with sigterm_as_interrupt(), progress_display(console) as progress:
+        with sigterm_as_interrupt(), progress_display(console) as progress, _catch(KeyboardInterrupt) as caught:
             task = progress.add_task("starting SeaweedFS", total=None)
             if cfg.endpoint:
                 target = Target.from_env(cfg.endpoint, cfg.bucket)
@@ -382,6 +383,7 @@ def run(cfg: BenchConfig, console: Console | None = None) -> dict[str, Any]:
                         progress.update(task, description=f"rep {rep + 1}/{cfg.repeats} checkpoint")
                         checkpoint_cells(state, rep)
                         progress.advance(task)
+        interrupted = caught.exc
     finally:
         leftovers = fuse_mounts_under(str(workdir))
         for mnt in leftovers:  # only after a failure: sessions close their own mounts
@@ -397,9 +399,30 @@ def run(cfg: BenchConfig, console: Console | None = None) -> dict[str, Any]:
         checkpoint=state.checkpoint if with_ckpt and not cfg.soak_minutes else None, soak=state.soak,
         machine=machine.describe(systems, load_before), started=started,
         caches_dropped=state.caches_dropped, verified=state.verified)
+    if interrupted is not None:
+        if not state.samples:
+            raise interrupted
+        results["config"]["interrupted"] = True
     report.write(results, out)
     results["out"] = str(out)
+    if interrupted is not None:  # what was measured is kept, then Ctrl-C goes on as usual
+        console.print(f"interrupted: partial results in {out}")
+        raise interrupted
     return results
+
+
+class _catch(contextlib.AbstractContextManager):
+    """Swallow one exception type and keep it (so clean-up and a partial report can follow)."""
+
+    def __init__(self, kind: type[BaseException]) -> None:
+        self.kind = kind
+        self.exc: BaseException | None = None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is not None and isinstance(exc, self.kind):
+            self.exc = exc
+            return True
+        return False
 
 
 def _spec_sizes(spec: DatasetSpec) -> list[tuple[str, int]]:

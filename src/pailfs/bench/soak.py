@@ -1,8 +1,9 @@
 """`pailfs bench --soak MINUTES`: many readers on one read-only mount for a long time.
 
-For the reliability issue: 32 threads read random folder/ files and random
-1 MiB ranges of big/ for the given time; the page cache is dropped every
-DROP_EVERY seconds so requests keep reaching the mount process. Errors are
+For the reliability issue: 32 threads read random folder/ files, random 1 MiB
+ranges of big/ and list directories for the given time. After each read the
+reader evicts that file's pages (posix_fadvise DONTNEED), so every read reaches
+the mount process without dropping the whole machine's caches. Errors are
 counted and the mount process's RSS is sampled; the growth is what we look for.
 """
 
@@ -27,12 +28,18 @@ log = logging.getLogger(__name__)
 
 THREADS = 32
 SAMPLE_EVERY = 5.0
-DROP_EVERY = 10.0  # with kernel_cache, reads reach the mount process only after a drop
+
+
+def _read_and_evict(path: str, offset: int = 0, size: int = MIB) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.pread(fd, size, offset)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the next read goes to the mount again
+    finally:
+        os.close(fd)
 
 
 def soak(state: "RunState", system: System, seconds: float, progress: "Progress", task: "TaskID") -> dict[str, Any]:
-    from pailfs.bench.runner import drop_caches
-
     env, ds = state.env, state.ds
     assert env is not None and ds is not None
     stop = threading.Event()
@@ -56,15 +63,9 @@ def soak(state: "RunState", system: System, seconds: float, progress: "Progress"
                     if roll < 0.01:  # directory listings too: the metadata side
                         os.listdir(os.path.dirname(rng.choice(files)))
                     elif roll < 0.03:
-                        with open(big, "rb", buffering=0) as f:
-                            f.seek(rng.randrange(big_chunks) * MIB)
-                            f.read(MIB)
+                        _read_and_evict(big, rng.randrange(big_chunks) * MIB)
                     else:
-                        fd = os.open(rng.choice(files), os.O_RDONLY)
-                        try:
-                            os.read(fd, MIB)
-                        finally:
-                            os.close(fd)
+                        _read_and_evict(rng.choice(files))
                     ops += 1
                 except OSError as exc:
                     errors += 1
@@ -85,7 +86,6 @@ def soak(state: "RunState", system: System, seconds: float, progress: "Progress"
         progress.update(task, total=seconds, completed=0)
         for t in threads:
             t.start()
-        last_drop = t0
         try:
             while (now := time.monotonic()) - t0 < seconds:
                 time.sleep(min(SAMPLE_EVERY, max(0.0, seconds - (now - t0))))
@@ -96,9 +96,6 @@ def soak(state: "RunState", system: System, seconds: float, progress: "Progress"
                 progress.update(task, completed=min(seconds, now - t0),
                                 description=f"soak: {counts['ops']:,} reads, {counts['errors']} errors, "
                                             f"RSS {samples[-1]['rss'] / MIB:.0f} MiB")
-                if now - last_drop >= DROP_EVERY:
-                    drop_caches(state)
-                    last_drop = now
         finally:
             stop.set()
             for t in threads:

@@ -81,11 +81,12 @@ def _in_threads(items: list, fn: Callable, threads: int, budget: Budget) -> int:
     """fn over items in `threads` threads, each taking every n-th item (no per-item executor cost)."""
     errors: list[BaseException] = []
     done = [0] * threads
+    stop = threading.Event()
 
     def worker(n: int) -> None:
         try:
             for item in items[n::threads]:
-                if budget.over():
+                if stop.is_set() or budget.over():
                     return
                 fn(item)
                 done[n] += 1
@@ -95,8 +96,14 @@ def _in_threads(items: list, fn: Callable, threads: int, budget: Budget) -> int:
     workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
     for w in workers:
         w.start()
-    for w in workers:
-        w.join()
+    try:
+        for w in workers:
+            w.join()
+    except BaseException:  # Ctrl-C: stop the readers, or they keep the mount busy
+        stop.set()
+        for w in workers:
+            w.join()
+        raise
     if errors:
         raise errors[0]
     if sum(done) < len(items):
