@@ -224,10 +224,10 @@ class MemFS:
         return sorted(self._node(ino).xattrs)
 
     # ------------------------------------------------------------------ references
-    def ref(self, ino: int) -> None:
+    def ref(self, attr) -> None:
         self.calls["ref"] += 1
         with self._lock:
-            self.refs[ino] += 1
+            self.refs[attr.ino] += 1
 
     def forget(self, ino: int, nlookup: int) -> None:
         self.calls["forget"] += 1

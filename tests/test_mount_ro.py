@@ -315,3 +315,41 @@ def test_mount_t_fuse_pailfs_and_fstab_style_options(dataset, s3_env, tmp_path):
     finally:
         pailfs("umount", str(mnt))
     assert not is_mounted(mnt)
+
+
+def test_many_readers_with_a_stat_cache_smaller_than_the_data(bucket, s3_env, tmp_path):
+    """Evictions race with lookups answered from the cache; no reader may ever see an
+    error or wrong bytes (a dropped inode the kernel still held used to give ENOENT)."""
+    import random
+    import threading
+
+    objects = {f"d{i % 4}/f{i:03d}": blob(i, 64 + i) for i in range(400)}
+    put_objects(f"s3://{bucket}", objects)
+    keys = sorted(objects)
+    errors: list[str] = []
+    with mounted(bucket, tmp_path / "m", "ro,max_stat_cache_size=40,stat_cache_expire=1") as mnt:
+        deadline = time.monotonic() + 12
+
+        def reader(seed: int) -> None:
+            rnd = random.Random(seed)
+            while time.monotonic() < deadline and len(errors) < 5:
+                key = rnd.choice(keys)
+                try:
+                    fd = os.open(mnt / key, os.O_RDONLY)
+                    try:
+                        data = os.read(fd, 4096)
+                    finally:
+                        os.close(fd)
+                    if data != objects[key]:
+                        errors.append(f"{key}: wrong bytes")
+                    if rnd.random() < 0.05:
+                        os.listdir(mnt / key.split("/")[0])
+                except OSError as exc:
+                    errors.append(f"{key}: {exc}")
+
+        threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []

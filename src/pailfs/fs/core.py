@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 from typing import Any
 
@@ -86,7 +87,7 @@ class ObjectFileSystem:
         self.read_only = options.read_only
         self.look = presentation(options)
         self.stat_cache = StatCache(options.max_stat_cache_size, options.stat_cache_expire,
-                                    population=self._population, on_evict=self._evicted)
+                                    population=lambda: self.inodes.values(), on_evict=self._evicted)
         cache_on = self.stat_cache.enabled
         if not cache_on:
             self.entry_timeout = self.attr_timeout = self.negative_timeout = 0.0
@@ -111,8 +112,9 @@ class ObjectFileSystem:
         self._prefetchers: dict[int, Prefetcher] = {}
         self.disk_cache = None  # set by the mount when use_cache= is given
         self.writes = WriteBack(self)
-        self._ref_deltas: collections.deque[tuple[int, int]] = collections.deque()
-        self._refs_scheduled = False
+        self._ref_lock = threading.Lock()
+        self._forgotten: collections.deque[int] = collections.deque()
+        self._forget_scheduled = False
         self.started = time.time()
 
     # ------------------------------------------------------------------ helpers
@@ -147,17 +149,23 @@ class ObjectFileSystem:
         if node.nlookup <= 0 and node.ino != ROOT_INO:
             self._drop(node)
 
-    def _drop(self, node: Node) -> None:
-        self.inodes.pop(node.ino, None)
+    def _drop(self, node: Node) -> bool:
+        """Forget an inode nobody holds; False (and nothing done) if the kernel holds it."""
+        with self._ref_lock:
+            if node.nlookup > 0 or node.ino == ROOT_INO:
+                return False
+            if self.inodes.get(node.ino) is node:
+                del self.inodes[node.ino]
         self.memory.discard(node.ino)
         pf = self._prefetchers.pop(node.ino, None)
         if pf is not None:
             pf.close()
         if node.children:
+            # children keep their parent pointer (their key): one the kernel still
+            # holds stays usable; the others go with their directory
             for child in list(node.children.values()):
-                child.parent = None if child.nlookup <= 0 else child.parent
-                if child.nlookup <= 0:
-                    self._drop(child)
+                self._drop(child)
+        return True
 
     def _evicted(self, node: Node) -> None:
         """Stat-cache eviction: forget the attributes; drop the inode if nobody holds it
@@ -193,38 +201,42 @@ class ObjectFileSystem:
         this to invalidate the kernel's page cache (FUSE_NOTIFY_INVAL_INODE)."""
 
     # ------------------------------------------------------------------ refs
-    # The kernel's lookup counts change from two threads (replies sent inline by the
-    # reader thread and by the loop thread), so both ref and forget only queue a
-    # delta; the loop thread applies them in order, in batches (a BATCH_FORGET
-    # carries thousands: one wake-up of the loop, not thousands).
-    def ref(self, ino: int) -> None:
-        self._queue_ref(ino, 1)
+    # The kernel's lookup counts change on two threads: ref() runs in the reader
+    # thread (replies sent inline) and on the loop (cold replies), forget() in the
+    # reader thread, and the loop drops inodes. `_ref_lock` makes each count
+    # change, and each drop's check that nobody holds the inode, atomic. ref()
+    # receives the node itself, so an inode dropped between a cache hit and its
+    # reply is put back in the table instead of being lost to the kernel.
+    def ref(self, attr: Node) -> None:  # type: ignore[override]
+        with self._ref_lock:
+            attr.nlookup += 1
+            if self.inodes.get(attr.ino) is not attr:
+                self.inodes[attr.ino] = attr
 
     def forget(self, ino: int, nlookup: int) -> None:
-        self._queue_ref(ino, -nlookup)
-
-    def _queue_ref(self, ino: int, delta: int) -> None:
-        self._ref_deltas.append((ino, delta))
-        if not self._refs_scheduled:
-            self._refs_scheduled = True
-            self.loop.call_soon_threadsafe(self._apply_refs)
-
-    def _apply_refs(self) -> None:
-        self._refs_scheduled = False
-        while self._ref_deltas:
-            ino, delta = self._ref_deltas.popleft()
+        with self._ref_lock:
             node = self.inodes.get(ino)
             if node is None or ino == ROOT_INO:
-                continue
-            node.nlookup += delta
-            if delta < 0 and node.nlookup <= 0 and node.expires == 0.0 and not self.writes.busy(ino):
-                parent = node.parent
-                if parent is None or parent.children is None or parent.children.get(node.name) is not node:
-                    self._drop(node)
+                return
+            node.nlookup -= nlookup
+            if node.nlookup > 0:
+                return
+        # possibly unreferenced now: the loop thread decides (batched: a BATCH_FORGET
+        # carries thousands, which is one wake-up of the loop, not thousands)
+        self._forgotten.append(ino)
+        if not self._forget_scheduled:
+            self._forget_scheduled = True
+            self.loop.call_soon_threadsafe(self._drop_forgotten)
 
-    def _population(self):
-        self._apply_refs()  # eviction decisions need up-to-date lookup counts
-        return self.inodes.values()
+    def _drop_forgotten(self) -> None:
+        self._forget_scheduled = False
+        while self._forgotten:
+            node = self.inodes.get(self._forgotten.popleft())
+            if node is None or node.expires != 0.0 or self.writes.busy(node.ino):
+                continue
+            parent = node.parent
+            if parent is None or parent.children is None or parent.children.get(node.name) is not node:
+                self._drop(node)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

@@ -15,7 +15,9 @@ that is not valid UTF-8 is refused by the front end with EINVAL.
 
 Reference counting follows the kernel: every time the front end hands an
 entry (an Attr with a nonzero ino) to the kernel — LOOKUP, READDIRPLUS,
-CREATE, MKDIR, SYMLINK — it calls `ref(ino)` once; FORGET calls `forget`.
+CREATE, MKDIR, SYMLINK — it calls `ref(attr)` once, before the reply is
+written, passing the very object the core returned (so the core can keep an
+inode it was about to drop); FORGET calls `forget(ino, n)`.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class FileSystemOps(Protocol):
     async def listxattr(self, ino: int) -> list[str]: ...
 
     # --- reference counting -----------------------------------------------------
-    def ref(self, ino: int) -> None: ...
+    def ref(self, attr: Attr) -> None: ...
 
     def forget(self, ino: int, nlookup: int) -> None: ...
 

@@ -30,7 +30,7 @@ Concurrency invariants
 * `fs.cached_*`, `fs.ref` and `fs.forget` are called from reader threads,
   concurrently with coroutines on the loop: the fs makes them safe for that.
   `fs.ref` is also called on the loop thread (entries of cold replies).
-* `fs.ref(ino)` is called *before* the entry reply is written (the kernel may
+* `fs.ref(attr)` is called *before* the entry reply is written (the kernel may
   FORGET an entry the moment it has it); if the write fails (the request was
   interrupted) the reference is returned with `fs.forget(ino, 1)`. The same
   holds for an OPEN/CREATE handle: a reply that cannot be written releases it.
@@ -254,7 +254,7 @@ class FuseSession:
 
     def _reply_entry(self, unique: int, attr: Any) -> None:
         ino = attr.ino
-        self.fs.ref(ino)
+        self.fs.ref(attr)
         ev, evn = self.entry_valid
         av, avn = self.attr_valid
         if not self._send(P.ENTRY_REPLY.pack(144, 0, unique, ino, 0, ev, av, evn, avn, *attr_values(attr))):
@@ -501,7 +501,7 @@ class FuseSession:
         av, avn = self.attr_valid
         out = [b""]
         used = 16
-        refs: list[int] = []
+        refs: list[Any] = []
         index = offset
         end = len(entries) + 2
         while index < end:
@@ -521,7 +521,7 @@ class FuseSession:
             if used + reclen + padding > size + 16:
                 break
             if index >= 2:
-                refs.append(values[0])
+                refs.append(attr)
             out.append(rec)
             out.append(name)
             if padding:
@@ -530,12 +530,12 @@ class FuseSession:
             index += 1
         out[0] = P.OUT_HEADER.pack(used, 0, unique)
         ref = self.fs.ref
-        for ino in refs:
-            ref(ino)
+        for attr in refs:
+            ref(attr)
         if not self._send(b"".join(out)):
             forget = self.fs.forget
-            for ino in refs:
-                forget(ino, 1)
+            for attr in refs:
+                forget(attr.ino, 1)
 
     def _readdir(self, req: bytes, unique: int, nodeid: int) -> None:
         # Only without DO_READDIRPLUS (never negotiated by us), kept for completeness.
@@ -606,7 +606,7 @@ class FuseSession:
         def reply(u: int, result: tuple[Any, int]) -> None:
             attr, fh = result
             ino = attr.ino
-            self.fs.ref(ino)
+            self.fs.ref(attr)
             ev, evn = self.entry_valid
             av, avn = self.attr_valid
             if not self._send(P.CREATE_REPLY.pack(160, 0, u, ino, 0, ev, av, evn, avn, *attr_values(attr),
