@@ -11,6 +11,8 @@ real cache). `delay` makes each coroutine sleep first (a slow store).
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import collections
 import os
@@ -61,7 +63,7 @@ class MemFS:
         self._next_fh = 1
         self._lock = threading.Lock()
         self._new(stat.S_IFDIR | 0o755, parent=ROOT_INO, children={})
-        self._entries: dict[int, list[tuple[str, Attr]]] = {}
+        self._entries: dict[int, list[Attr]] = {}
 
     # ------------------------------------------------------------------ building
     def _new(self, mode: int, parent: int, data: bytes = b"", children: dict | None = None,
@@ -156,7 +158,7 @@ class MemFS:
         node = self.nodes.get(ino)
         return node.attr if node is not None else None
 
-    def cached_readdir(self, ino: int) -> list[tuple[str, Attr]] | None:
+    def cached_readdir(self, ino: int) -> list[Attr] | None:
         self.calls["cached_readdir"] += 1
         if not self._hit(ino):
             return None
@@ -169,11 +171,11 @@ class MemFS:
         node = self.nodes.get(ino)
         return None if node is None else node.data[offset:offset + size]
 
-    def _listing(self, ino: int) -> list[tuple[str, Attr]]:
+    def _listing(self, ino: int) -> list[Attr]:
         entries = self._entries.get(ino)
         if entries is None:
             children = self._dir(ino).children or {}
-            entries = [(name, self.nodes[c].attr) for name, c in sorted(children.items())]
+            entries = [dataclasses.replace(self.nodes[c].attr, name=name) for name, c in sorted(children.items())]
             self._entries[ino] = entries
         return entries
 
@@ -193,11 +195,11 @@ class MemFS:
         self._warm.add(ino)
         return self._node(ino).attr
 
-    async def readdir(self, ino: int) -> list[tuple[str, Attr]]:
+    async def readdir(self, ino: int) -> list[Attr]:
         await self._cold("readdir")
         entries = self._listing(ino)
         self._warm.add(ino)
-        self._warm.update(a.ino for _, a in entries)
+        self._warm.update(a.ino for a in entries)
         return entries
 
     async def read(self, ino: int, offset: int, size: int) -> bytes:

@@ -52,7 +52,7 @@ def test_readdir_fills_attributes_from_list_without_head(tree):
     async def body(fs):
         d = await fs.lookup(ROOT_INO, "dir")
         entries = await fs.readdir(d.ino)
-        names = {name: node for name, node in entries}
+        names = {node.name: node for node in entries}
         assert len(names) == 51 and names["sub"].is_dir and names["f007"].size == 7
         before = requests(fs)
         assert "head" not in before

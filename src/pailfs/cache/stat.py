@@ -32,6 +32,7 @@ class StatCache:
         self._on_evict = on_evict
         self.count = 0
         self.tick = 0
+        self._now = self._deadline = -1.0
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -48,8 +49,12 @@ class StatCache:
         if entry.expires == 0.0:
             self.count += 1
         now = time.monotonic() if now is None else now
-        entry.expires = now + self.ttl
-        self.tick += 1
+        if now != self._now:
+            # one deadline and one tick object per admission time (a whole LIST page
+            # shares them): no float and int objects per entry
+            self._now, self._deadline = now, now + self.ttl
+            self.tick += 1
+        entry.expires = self._deadline
         entry.used = self.tick
         if self.count > self.capacity:
             self._sweep()

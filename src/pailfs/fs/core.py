@@ -29,7 +29,7 @@ from pailfs.config import Options
 from pailfs.errors import (
     DirectoryNotEmpty, IsADirectory, NotADirectory, NotFound, NotPermitted, NotSupported, ReadOnly,
 )
-from pailfs.fs.nodes import Node, Presentation
+from pailfs.fs.nodes import Node, Presentation, make_node
 from pailfs.fs.types import ROOT_INO, SetAttr, StatFs
 from pailfs.fs.writes import WriteBack
 from pailfs.store.base import ObjectInfo, ObjectStore
@@ -100,7 +100,7 @@ class ObjectFileSystem:
             self.entry_timeout = self.attr_timeout = ttl
             self.negative_timeout = ttl if options.enable_noobj_cache else 0.0
         self.keep_cache = bool(options.kernel_cache)
-        self.root = Node(ROOT_INO, None, "", True, self.look, mtime=time.time())
+        self.root = make_node(ROOT_INO, None, "", True, self.look, mtime=time.time())
         self.root.expires = FOREVER * 1e3
         self.inodes: dict[int, Node] = {ROOT_INO: self.root}
         self._next_ino = ROOT_INO + 1
@@ -132,7 +132,7 @@ class ObjectFileSystem:
 
     def _new_node(self, parent: Node, name: str, is_dir: bool, size: int = 0, mtime: float = NO_MTIME,
                   etag: str | None = None) -> Node:
-        node = Node(self._next_ino, parent, name, is_dir, self.look, size, mtime, etag)
+        node = make_node(self._next_ino, parent, name, is_dir, self.look, size, mtime, etag)
         self._next_ino += 1
         self.inodes[node.ino] = node
         parent.children[name] = node  # type: ignore[index]
@@ -268,7 +268,7 @@ class ObjectFileSystem:
             return node
         return None
 
-    def cached_readdir(self, ino: int) -> list[tuple[str, Node]] | None:
+    def cached_readdir(self, ino: int) -> list[Node] | None:
         node = self.inodes.get(ino)
         if node is None:
             return None
@@ -276,7 +276,7 @@ class ObjectFileSystem:
         if node.listed_until <= time.monotonic():
             return entries if entries is not None and node.entries_until > time.monotonic() else None
         if entries is None:
-            entries = node.entries = list(node.children.items())  # type: ignore[union-attr]
+            entries = node.entries = list(node.children.values())  # type: ignore[union-attr]
         return entries
 
     def cached_read(self, ino: int, offset: int, size: int) -> bytes | None:
@@ -383,7 +383,7 @@ class ObjectFileSystem:
         self.stat_cache.admit(node)
         return node
 
-    async def _ensure_listed(self, dnode: Node) -> list[tuple[str, Node]]:
+    async def _ensure_listed(self, dnode: Node) -> list[Node]:
         """List a directory once, however many lookups ask for it at the same time."""
         task = self._listing.get(dnode.ino)
         if task is None:
@@ -392,10 +392,10 @@ class ObjectFileSystem:
             task.add_done_callback(lambda _t, ino=dnode.ino: self._listing.pop(ino, None))
         return await asyncio.shield(task)
 
-    async def _list_dir(self, dnode: Node) -> list[tuple[str, Node]]:
+    async def _list_dir(self, dnode: Node) -> list[Node]:
         prefix = dnode.key()
         seen: set[str] = set()
-        listed: list[tuple[str, Node]] = []
+        listed: list[Node] = []
         children = dnode.children
         assert children is not None
         now = time.monotonic()
@@ -412,7 +412,7 @@ class ObjectFileSystem:
                         node = None
                     if node is None:
                         node = self._new_node(dnode, name, True, mtime=self.started)
-                    listed.append((name, node))
+                    listed.append(node)
                     self.stat_cache.admit(node, now)
                 for info in page.objects:
                     rel = info.key[len(prefix):]
@@ -435,7 +435,7 @@ class ObjectFileSystem:
                     elif not self.writes.busy(node.ino):
                         if node.etag != info.etag:
                             self._set_attrs(node, info)
-                    listed.append((name, node))
+                    listed.append(node)
                     self.stat_cache.admit(node, now)
         for name in [n for n in children if n not in seen]:
             if not self.writes.busy(children[name].ino) and not self.writes.pending_create(children[name]):
@@ -444,14 +444,14 @@ class ObjectFileSystem:
         if len(children) < len(seen):
             # larger than the stat cache: keep this answer (it pins its nodes) for the
             # kernel's READDIRPLUS paging, but never use it to answer lookups
-            dnode.entries = [(name, node) for name, node in listed]
+            dnode.entries = listed
             dnode.entries_until = time.monotonic() + 10.0
         elif self.stat_cache.enabled:
             dnode.listed_until = now + self.stat_cache.ttl
             self.stat_cache.admit(dnode, now)
         return listed
 
-    async def readdir(self, ino: int) -> list[tuple[str, Node]]:
+    async def readdir(self, ino: int) -> list[Node]:
         dnode = self._dir(ino)
         cached = self.cached_readdir(ino)
         if cached is not None:

@@ -24,25 +24,24 @@ class Presentation:
 
 
 class Node:
-    __slots__ = ("ino", "parent", "name", "is_dir", "size", "mtime", "etag", "expires",
-                 "nlookup", "children", "listed_until", "entries", "entries_until", "meta", "look", "used")
+    """An inode; FileNode and DirNode are the two kinds (a kind never changes)."""
 
-    def __init__(self, ino: int, parent: "Node | None", name: str, is_dir: bool, look: Presentation,
+    __slots__ = ("ino", "parent", "name", "size", "mtime", "etag", "expires", "nlookup", "meta",
+                 "look", "used")
+    is_dir = False
+
+    def __init__(self, ino: int, parent: "DirNode | None", name: str, look: Presentation,
                  size: int = 0, mtime: float = 0.0, etag: str | None = None) -> None:
         self.ino = ino
         self.parent = parent
         self.name = name
-        self.is_dir = is_dir
         self.size = size
         self.mtime = mtime
         self.etag = etag
         self.expires = 0.0        # attributes trusted until (monotonic); 0 = ask the store
         self.nlookup = 0          # references the kernel holds
-        self.children: dict[str, Node] | None = {} if is_dir else None
-        self.listed_until = 0.0   # dirs: children is the complete listing until then
-        self.entries: list[tuple[str, Node]] | None = None  # dirs: readdir answer, built lazily
-        self.entries_until = 0.0  # dirs: an incomplete listing's entries serve readdir paging until then
-        self.meta: tuple[int | None, int | None, int | None] | None = None  # (mode, uid, gid) from object metadata
+        self.meta: tuple[int | None, int | None, int | None] | tuple[()] | None = None
+        # (mode, uid, gid) from object metadata; () = known to have none; None = not read yet
         self.look = look
         self.used = 0             # stat-cache clock tick of the last use
 
@@ -94,4 +93,31 @@ class Node:
         return self.key() + name
 
     def __repr__(self) -> str:
-        return f"Node({self.ino}, {self.key()!r})"
+        return f"{type(self).__name__}({self.ino}, {self.key()!r})"
+
+
+class FileNode(Node):
+    __slots__ = ()
+    # what a directory has, a file reads as "nothing" (class attributes: no memory per file)
+    children = None
+    listed_until = 0.0
+    entries = None
+    entries_until = 0.0
+
+
+class DirNode(Node):
+    __slots__ = ("children", "listed_until", "entries", "entries_until")
+    is_dir = True
+
+    def __init__(self, ino: int, parent: "DirNode | None", name: str, look: Presentation,
+                 size: int = 0, mtime: float = 0.0, etag: str | None = None) -> None:
+        super().__init__(ino, parent, name, look, size, mtime, etag)
+        self.children: dict[str, Node] = {}
+        self.listed_until = 0.0   # children is the complete listing until then
+        self.entries: list[Node] | None = None  # readdir answer, built lazily
+        self.entries_until = 0.0  # an incomplete listing's entries serve readdir paging until then
+
+
+def make_node(ino: int, parent: DirNode | None, name: str, is_dir: bool, look: Presentation,
+              size: int = 0, mtime: float = 0.0, etag: str | None = None) -> Node:
+    return (DirNode if is_dir else FileNode)(ino, parent, name, look, size, mtime, etag)

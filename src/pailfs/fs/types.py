@@ -31,6 +31,8 @@ ROOT_INO = 1
 
 @dataclass(slots=True)
 class Attr:
+    """Attributes of one inode; `name` is set on readdir entries."""
+
     ino: int
     size: int
     mode: int  # includes the file type bits (S_IFREG, S_IFDIR, S_IFLNK)
@@ -40,6 +42,7 @@ class Attr:
     nlink: int = 1
     ctime: float | None = None  # None: same as mtime
     atime: float | None = None  # None: same as mtime
+    name: str = ""
 
     @property
     def is_dir(self) -> bool:
@@ -84,8 +87,9 @@ class FileSystemOps(Protocol):
 
     def cached_getattr(self, ino: int) -> Attr | None: ...
 
-    def cached_readdir(self, ino: int) -> list[tuple[str, Attr]] | None:
-        """All entries of a directory (without '.' and '..'), in a stable order."""
+    def cached_readdir(self, ino: int) -> list[Attr] | None:
+        """All entries of a directory (without '.' and '..'), each with its `name`,
+        in a stable order (one list slot per entry: no pair objects to keep)."""
 
     def cached_read(self, ino: int, offset: int, size: int) -> bytes | None: ...
 
@@ -94,7 +98,7 @@ class FileSystemOps(Protocol):
 
     async def getattr(self, ino: int) -> Attr: ...
 
-    async def readdir(self, ino: int) -> list[tuple[str, Attr]]: ...
+    async def readdir(self, ino: int) -> list[Attr]: ...
 
     async def read(self, ino: int, offset: int, size: int) -> bytes:
         """Up to size bytes at offset; fewer only at end of file."""

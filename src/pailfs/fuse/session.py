@@ -511,7 +511,8 @@ class FuseSession:
                            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                            nodeid if index == 0 else 1, index + 1, len(name), stat.S_IFDIR >> 12)
             else:
-                sname, attr = entries[index - 2]
+                attr = entries[index - 2]
+                sname = attr.name
                 name = sname.encode("utf-8", "surrogateescape")
                 values = attr_values(attr)
                 rec = pack(values[0], 0, ev, av, evn, avn, *values,
@@ -556,7 +557,8 @@ class FuseSession:
             if index < 2:
                 name, ino, mode = _DOT[index], (nodeid if index == 0 else 1), stat.S_IFDIR
             else:
-                sname, attr = entries[index - 2]
+                attr = entries[index - 2]
+                sname = attr.name
                 name, ino, mode = sname.encode("utf-8", "surrogateescape"), attr.ino, attr.mode
             reclen = 24 + len(name)
             padding = -reclen & 7
