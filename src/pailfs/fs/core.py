@@ -29,7 +29,7 @@ from pailfs.config import Options
 from pailfs.errors import (
     DirectoryNotEmpty, IsADirectory, NotADirectory, NotFound, NotPermitted, NotSupported, ReadOnly,
 )
-from pailfs.fs.nodes import Node, Presentation, make_node
+from pailfs.fs.nodes import InodeTable, Node, Presentation, compact_etag, make_node
 from pailfs.fs.types import ROOT_INO, SetAttr, StatFs
 from pailfs.fs.writes import WriteBack
 from pailfs.store.base import ObjectInfo, ObjectStore
@@ -102,8 +102,7 @@ class ObjectFileSystem:
         self.keep_cache = bool(options.kernel_cache)
         self.root = make_node(ROOT_INO, None, "", True, self.look, mtime=time.time())
         self.root.expires = FOREVER * 1e3
-        self.inodes: dict[int, Node] = {ROOT_INO: self.root}
-        self._next_ino = ROOT_INO + 1
+        self.inodes = InodeTable(self.root)
         self._negative: dict[tuple[int, str], float] = {}
         self._listing: dict[int, asyncio.Task] = {}
         self._meta_sem = asyncio.Semaphore(options.max_multireq)
@@ -132,9 +131,8 @@ class ObjectFileSystem:
 
     def _new_node(self, parent: Node, name: str, is_dir: bool, size: int = 0, mtime: float = NO_MTIME,
                   etag: str | None = None) -> Node:
-        node = make_node(self._next_ino, parent, name, is_dir, self.look, size, mtime, etag)
-        self._next_ino += 1
-        self.inodes[node.ino] = node
+        node = make_node(self.inodes.next_ino(), parent, name, is_dir, self.look, size, mtime, etag)
+        self.inodes.add(node)
         parent.children[name] = node  # type: ignore[index]
         parent.entries = None
         return node
@@ -154,8 +152,7 @@ class ObjectFileSystem:
         with self._ref_lock:
             if node.nlookup > 0 or node.ino == ROOT_INO:
                 return False
-            if self.inodes.get(node.ino) is node:
-                del self.inodes[node.ino]
+            self.inodes.remove(node)
         self.memory.discard(node.ino)
         pf = self._prefetchers.pop(node.ino, None)
         if pf is not None:
@@ -183,10 +180,11 @@ class ObjectFileSystem:
                 self._drop(node)
 
     def _set_attrs(self, node: Node, info: ObjectInfo) -> None:
-        changed = node.etag is not None and info.etag != node.etag
+        etag = compact_etag(info.etag)
+        changed = node.etag is not None and etag != node.etag
         node.size = info.size
         node.mtime = mtime_from_object(info)
-        node.etag = info.etag
+        node.etag = etag
         if info.metadata is not None:
             node.meta = meta_from_object(info.metadata) or ()
         if changed:
@@ -211,7 +209,7 @@ class ObjectFileSystem:
         with self._ref_lock:
             attr.nlookup += 1
             if self.inodes.get(attr.ino) is not attr:
-                self.inodes[attr.ino] = attr
+                self.inodes.add(attr)
 
     def forget(self, ino: int, nlookup: int) -> None:
         with self._ref_lock:
@@ -396,6 +394,7 @@ class ObjectFileSystem:
         prefix = dnode.key()
         seen: set[str] = set()
         listed: list[Node] = []
+        mtimes: dict[float, float] = {}  # objects written in the same second share one float
         children = dnode.children
         assert children is not None
         now = time.monotonic()
@@ -433,8 +432,9 @@ class ObjectFileSystem:
                     if is_dir:
                         node.mtime = info.mtime
                     elif not self.writes.busy(node.ino):
-                        if node.etag != info.etag:
+                        if node.etag != compact_etag(info.etag):
                             self._set_attrs(node, info)
+                            node.mtime = mtimes.setdefault(node.mtime, node.mtime)
                     listed.append(node)
                     self.stat_cache.admit(node, now)
         for name in [n for n in children if n not in seen]:
@@ -752,7 +752,7 @@ class ObjectFileSystem:
         node.meta = (stat.S_IFLNK | 0o777, None, None)
         data = target.encode()
         info = await self.store.put(node.key(), data, self.object_metadata(node))
-        node.size, node.etag = len(data), info.etag
+        node.size, node.etag = len(data), compact_etag(info.etag)
         self.memory.put(node.ino, data)
         self.stat_cache.admit(node)
         return node

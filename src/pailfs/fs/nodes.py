@@ -23,6 +23,22 @@ class Presentation:
     root_mode: int
 
 
+def compact_etag(etag: str | None) -> bytes | str | None:
+    """An ETag as kept in a node: '"<32 hex>"' (or '"<hex>-N"' for multipart) as raw
+    bytes — 49 bytes instead of an 83-byte str — anything else as given."""
+    if etag is None:
+        return None
+    text = etag.strip('"')
+    body, dash, parts = text.partition("-")
+    if len(body) == 32 and (not dash or parts.isdigit()):
+        try:
+            raw = bytes.fromhex(body)
+        except ValueError:
+            return etag
+        return raw + (int(parts).to_bytes(2, "big") if dash else b"")
+    return etag
+
+
 class Node:
     """An inode; FileNode and DirNode are the two kinds (a kind never changes)."""
 
@@ -121,3 +137,46 @@ class DirNode(Node):
 def make_node(ino: int, parent: DirNode | None, name: str, is_dir: bool, look: Presentation,
               size: int = 0, mtime: float = 0.0, etag: str | None = None) -> Node:
     return (DirNode if is_dir else FileNode)(ino, parent, name, look, size, mtime, etag)
+
+
+
+class InodeTable:
+    """ino -> node as a list indexed by the inode number: one 8-byte slot an inode,
+    where a dict costs about 50 bytes an entry. Numbers are never reused (a node
+    the kernel still names may be put back; see ObjectFileSystem.ref), so a
+    dropped inode leaves an empty slot: 8 bytes per inode ever created."""
+
+    def __init__(self, root: Node) -> None:
+        self._slots: list[Node | None] = [None] * root.ino + [root]
+        self._count = 1
+
+    def next_ino(self) -> int:
+        return len(self._slots)
+
+    def get(self, ino: int) -> Node | None:
+        try:
+            return self._slots[ino] if ino > 0 else None
+        except IndexError:
+            return None
+
+    def add(self, node: Node) -> None:
+        """Insert (or put back) node at its number."""
+        if node.ino == len(self._slots):
+            self._slots.append(node)
+            self._count += 1
+        elif self._slots[node.ino] is None:
+            self._slots[node.ino] = node
+            self._count += 1
+        else:
+            self._slots[node.ino] = node
+
+    def remove(self, node: Node) -> None:
+        if self.get(node.ino) is node:
+            self._slots[node.ino] = None
+            self._count -= 1
+
+    def values(self) -> list[Node]:
+        return [n for n in self._slots if n is not None]
+
+    def __len__(self) -> int:
+        return self._count

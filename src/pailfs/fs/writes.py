@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pailfs.errors import NoSpace, NotFound, StoreError
+from pailfs.fs.nodes import compact_etag
 
 if TYPE_CHECKING:
     from pailfs.fs.core import ObjectFileSystem
@@ -205,7 +206,7 @@ class WriteBack:
             st.dirty = False
             st.dirty_bytes = 0
             st.uploaded_once = True
-            node.etag = info.etag
+            node.etag = compact_etag(info.etag)
             node.size = st.size
             self.fs.memory.discard(node.ino)
 
