@@ -41,6 +41,7 @@ class Staged:
     dirty: bool = False
     uploaded_once: bool = False   # False: the object may not exist in the bucket yet
     dirty_bytes: int = 0
+    failed: bool = False          # the last upload failed and nothing was written since
     handles: set[int] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -147,6 +148,7 @@ class WriteBack:
             st.size = max(st.size, offset + written)
             node.size = st.size
             st.dirty = True
+            st.failed = False  # new data: the next flush tries again
             st.dirty_bytes += written
         if st.dirty_bytes >= self.fs.options.max_dirty_data * MiB:
             await self._upload(st)  # bound the data at risk: upload early
@@ -199,11 +201,12 @@ class WriteBack:
             try:
                 info = await self.fs.store.put_file(key, st.path, self.fs.object_metadata(node))
             except Exception as exc:
+                st.failed = True
                 log.error("upload of %s failed (%s); the staged data is kept at %s", key, exc, st.path)
                 if st.path not in self.kept:
                     self.kept.append(st.path)
                 raise StoreError(f"upload of {key} failed: {exc}") from exc
-            st.dirty = False
+            st.dirty = st.failed = False
             st.dirty_bytes = 0
             st.uploaded_once = True
             node.etag = compact_etag(info.etag)
@@ -228,6 +231,10 @@ class WriteBack:
             return
         if st.dirty:
             try:
+                if st.failed:
+                    # close()/fsync() already reported EIO for exactly this data: do not
+                    # upload it behind the user's back later; keep it on disk instead
+                    raise StoreError("upload failed before")
                 await self._upload(st)
             except StoreError:
                 if not st.handles:  # else reopened during the upload: the new handle owns it
