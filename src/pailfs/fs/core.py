@@ -320,18 +320,15 @@ class ObjectFileSystem:
         return await self._probe(pnode, name)
 
     async def _probe(self, pnode: Node, name: str) -> Node:
-        """One HEAD of the key and one LIST of key/ (implicit directory), concurrently."""
+        """One HEAD of the key; if there is no such object, one LIST of key/ (an
+        implicit directory). Most names are files: one request answers them."""
         key = pnode.child_key(name)
+        listing = None
         async with self._meta_sem:
-            head, listing = await asyncio.gather(
-                self._head_or_none(key), self.store.list_pages(key + "/", "/").__anext__(),
-                return_exceptions=True)
-        if isinstance(listing, StopAsyncIteration):
-            listing = None
-        elif isinstance(listing, BaseException):
-            raise listing
-        if isinstance(head, BaseException):
-            raise head
+            head = await self._head_or_none(key)
+            if head is None:
+                async for listing in self.store.list_pages(key + "/", "/"):
+                    break
         is_dir = listing is not None and bool(listing.objects or listing.prefixes)
         if not is_dir and head is None:
             old = pnode.children.get(name)  # type: ignore[union-attr]
@@ -468,7 +465,8 @@ class ObjectFileSystem:
             raise IsADirectory(node.key())
         if self.writes.busy(ino):
             return await self.writes.read(node, offset, size)
-        if node.expires == 0.0 or node.etag is None:
+        if node.etag is None or (node.expires == 0.0 and self.stat_cache.enabled):
+            # without a stat cache the kernel asked (LOOKUP/GETATTR) just before this read
             await self.getattr(ino)
         if offset >= node.size:
             return b""
