@@ -57,10 +57,11 @@ def build(*, cfg: "BenchConfig", systems: Sequence["System"], workloads: Sequenc
                     row.update(status="n/a", note=_na_reason(wl, system))
                 else:
                     fraction = min(s.fraction for s in mine)
+                    # CPU of a pass stopped by the budget is scaled like its seconds
                     row.update(status="ok", seconds=secs, extrapolated=fraction < 1, fraction=fraction,
-                               fs_cpu=statistics.median(s.fs_cpu for s in mine),
-                               client_cpu=statistics.median(s.client_cpu for s in mine),
-                               server_cpu=(statistics.median(s.server_cpu for s in mine)
+                               fs_cpu=statistics.median(s.fs_cpu / s.fraction for s in mine),
+                               client_cpu=statistics.median(s.client_cpu / s.fraction for s in mine),
+                               server_cpu=(statistics.median(s.server_cpu / s.fraction for s in mine)
                                            if all(s.server_cpu is not None for s in mine) else None))
                 rows.append(row)
     memory = []
@@ -186,7 +187,7 @@ def markdown(results: dict, full: bool = True) -> str:
 
     def cpu(w: str, p: str, n: str) -> str:
         row = _cell(results, w, p, n)
-        return fmt_s(row["fs_cpu"]) if row and row["status"] == "ok" else "—"
+        return _approx(row) + fmt_s(row["fs_cpu"]) if row and row["status"] == "ok" else "—"
 
     out += ["", "### CPU seconds (user+sys) of the file-system process (sdk, local: the bench process)", ""]
     out += _table(results, cpu)
@@ -203,7 +204,9 @@ def markdown(results: dict, full: bool = True) -> str:
 
         def server(w: str, p: str, n: str) -> str:
             row = _cell(results, w, p, n)
-            return fmt_s(row["server_cpu"]) if row and row["status"] == "ok" and row.get("server_cpu") is not None else "—"
+            if not row or row["status"] != "ok" or row.get("server_cpu") is None:
+                return "—"
+            return _approx(row) + fmt_s(row["server_cpu"])
 
         if any(r.get("server_cpu") is not None for r in results["results"]):
             out += ["", "### CPU seconds of the object store (SeaweedFS) during the pass", ""]
