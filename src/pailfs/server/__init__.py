@@ -39,6 +39,10 @@ class ServerError(PailfsError):
     pass
 
 
+class ServerExited(ServerError):
+    """weed exited before it was ready (a port taken, a bad data dir...)."""
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("PAILFS_SERVER_DIR") or platformdirs.user_data_dir("pailfs")) / "seaweedfs"
 
@@ -130,8 +134,17 @@ class SeaweedServer:
     def start(self, buckets: list[str] | tuple[str, ...] = (), timeout: float = 90.0) -> ServerState:
         """Start the server (or find it running) and create the given buckets."""
         state = self.state()
-        if state is None:
-            state = self._launch(timeout)
+        for attempt in range(3):
+            if state is not None:
+                break
+            try:
+                state = self._launch(timeout)
+            except ServerExited:
+                # the free ports we picked can be taken by another process before weed
+                # binds them; pick new ones (a fixed --port that is taken fails each time)
+                if attempt == 2:
+                    raise
+                log.warning("SeaweedFS exited at start; retrying with other ports")
         if buckets:
             asyncio.run(self._create_buckets(state, list(buckets)))
         return state
@@ -180,7 +193,7 @@ class SeaweedServer:
         last = "no answer"
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise ServerError(f"SeaweedFS exited with status {self._proc.returncode}; see {self.log_file}")
+                raise ServerExited(f"SeaweedFS exited with status {self._proc.returncode}; see {self.log_file}")
             try:
                 status = asyncio.run(self._list_buckets_status(state))
                 if status == 200:
