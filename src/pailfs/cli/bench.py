@@ -35,6 +35,9 @@ def bench(
     soak: Optional[float] = typer.Option(None, "--soak", min=0.1, metavar="MINUTES",
                                          help="Instead of the workloads: 32 readers on the pailfs-ro mount for "
                                               "MINUTES, counting errors and RSS growth."),
+    budget: Optional[float] = typer.Option(None, "--budget", min=0, metavar="SECONDS",
+                                           help="Time budget of one pass: a slower pass is stopped and extrapolated, "
+                                                "and not repeated (default 45; --quick: 10; 0: no limit)."),
     files: Optional[int] = typer.Option(None, "--files", min=10, hidden=True),
     big_mib: Optional[int] = typer.Option(None, "--big-mib", min=1, hidden=True),
     keep: bool = typer.Option(False, "--keep", hidden=True, help="Keep the work dir (debugging)."),
@@ -44,7 +47,7 @@ def bench(
 
     cfg = BenchConfig(systems=_split(systems), workloads=_split(workloads), quick=quick, repeat=repeat,
                       latency_ms=latency_ms, out=out, endpoint=endpoint, bucket=bucket, soak_minutes=soak,
-                      files=files, big_mib=big_mib, keep=keep)
+                      files=files, big_mib=big_mib, keep=keep, budget=budget)
     results = run(cfg, Console(stderr=True))
     typer.echo(markdown(results, full=False))
     typer.echo(f"results: {results['out']}/results.json, results.md, chart.png")
