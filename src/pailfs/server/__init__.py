@@ -9,6 +9,7 @@ reads it from its config file. State (pid, ports) is kept in `server.json` so
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -149,6 +150,15 @@ class SeaweedServer:
             asyncio.run(self._create_buckets(state, list(buckets)))
         return state
 
+    def _socket_path(self, name: str) -> str:
+        """weed's unix sockets: in the data dir, unless its path would pass the
+        108-byte limit of a socket address; then in /tmp, named by the data dir."""
+        path = self.data_dir.resolve() / f"{name}.sock"
+        if len(str(path).encode()) < 100:
+            return str(path)
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
+        return f"/tmp/pailfs-weed-{digest}-{name}.sock"
+
     def _launch(self, timeout: float) -> ServerState:
         cred = self.credentials()
         config = self._write_s3_config(cred)
@@ -167,8 +177,8 @@ class SeaweedServer:
             # every bucket is a collection that grows 7 volumes on first write; "auto"
             # (free disk / 1 GB) allowed only ~10 written buckets per server
             "-master.volumeSizeLimitMB=1024", "-volume.max=1000", "-master.telemetry=false",
-            "-filer.localSocket=" + str(self.data_dir / "filer.sock"),
-            "-s3.localSocket=" + str(self.data_dir / "s3.sock"),
+            "-filer.localSocket=" + self._socket_path("filer"),
+            "-s3.localSocket=" + self._socket_path("s3"),
         ]
         log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
