@@ -117,6 +117,8 @@ def fmt_s(v: float | None) -> str:
 def fmt_ratio(v: float | None) -> str:
     if v is None:
         return "—"
+    if 0 < v < 0.01:  # "0.00×" would hide how small
+        return f"1/{1 / v:,.0f}"
     return f"{v:.1f}×" if v >= 10 else f"{v:.2f}×"
 
 
