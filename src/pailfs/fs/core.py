@@ -327,7 +327,8 @@ class ObjectFileSystem:
         async with self._meta_sem:
             head = await self._head_or_none(key)
             if head is None:
-                async for listing in self.store.list_pages(key + "/", "/"):
+                # one entry answers "is it a directory?"; a marker 'key/' sorts first
+                async for listing in self.store.list_pages(key + "/", "/", page_size=1):
                     break
         is_dir = listing is not None and bool(listing.objects or listing.prefixes)
         if not is_dir and head is None:
@@ -669,9 +670,11 @@ class ObjectFileSystem:
         if not node.is_dir:
             raise NotADirectory(node.key())
         prefix = node.key()
-        async for page in self.store.list_pages(prefix, "/"):
+        # two entries tell: the directory's own marker (it sorts first) and anything else
+        async for page in self.store.list_pages(prefix, "/", page_size=2):
             if page.prefixes or any(o.key != prefix for o in page.objects):
                 raise DirectoryNotEmpty(prefix)
+            break
         await self.store.delete(prefix)
         self._detach(node)
         self._remember_missing(parent, name)

@@ -76,8 +76,10 @@ class ObjectStore(abc.ABC):
         """The object's bytes, or bytes [start, end) of it. A range past the end is clipped."""
 
     @abc.abstractmethod
-    def list_pages(self, prefix: str = "", delimiter: str | None = None) -> AsyncIterator[Listing]:
-        """LIST under prefix, page by page (keys in lexicographic order).
+    def list_pages(self, prefix: str = "", delimiter: str | None = None,
+                   page_size: int = 1000) -> AsyncIterator[Listing]:
+        """LIST under prefix, page by page (keys in lexicographic order), at most
+        page_size entries a page (page_size=1: "is there anything under prefix?").
 
         With delimiter '/', keys below the next '/' are rolled up into prefixes
         (each ending in '/'), and a directory marker 'prefix/' itself is returned

@@ -176,14 +176,16 @@ class LocalStore(ObjectStore):
             f.seek(lo)
             return f.read() if end is None else f.read(end - lo)
 
-    async def list_pages(self, prefix: str = "", delimiter: str | None = None) -> AsyncIterator[Listing]:
+    async def list_pages(self, prefix: str = "", delimiter: str | None = None,
+                         page_size: int = _PAGE) -> AsyncIterator[Listing]:
         if delimiter not in (None, "/"):
             raise StoreError(f"list {self.url}: a local directory supports only '/' as delimiter")
         entries = await self._run("list", prefix, self._list_all, prefix, delimiter)
         self._count("list")
-        for i in range(0, max(len(entries), 1), _PAGE):
+        size = max(1, min(page_size, _PAGE))
+        for i in range(0, max(len(entries), 1), size):
             page = Listing()
-            for name, info in entries[i:i + _PAGE]:
+            for name, info in entries[i:i + size]:
                 if info is None:
                     page.prefixes.append(name)
                 else:

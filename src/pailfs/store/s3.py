@@ -425,9 +425,10 @@ class S3Store(ObjectStore):
         self._count("get", down=len(data))
         return data
 
-    async def list_pages(self, prefix: str = "", delimiter: str | None = None) -> AsyncIterator[Listing]:
+    async def list_pages(self, prefix: str = "", delimiter: str | None = None,
+                         page_size: int = LIST_PAGE) -> AsyncIterator[Listing]:
         query = {"list-type": "2", "prefix": self._full(prefix), "encoding-type": "url",
-                 "max-keys": str(LIST_PAGE)}
+                 "max-keys": str(max(1, min(page_size, LIST_PAGE)))}
         if delimiter:
             query["delimiter"] = delimiter
         strip = len(self.root)
