@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pailfs.bench.proxy import LoopbackProxy
+
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
@@ -212,60 +214,24 @@ def _cut_at(after: int, head: _Head) -> int:
     return after
 
 
-class FaultProxy:
+class FaultProxy(LoopbackProxy):
     """`with FaultProxy(upstream_port) as proxy:` — see the module docstring."""
 
+    thread_name = "faultproxy"
+    stream_limit = HEAD_LIMIT
+
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1", host: str = "127.0.0.1") -> None:
-        self.upstream = (upstream_host, upstream_port)
-        self.host = host
-        self.port = 0
+        super().__init__(upstream_host, upstream_port, host)
         self._lock = threading.Lock()
         self._mode = _Mode()
         self.fired = 0
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, str]] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="faultproxy", daemon=True)
-        self._server: asyncio.base_events.Server | None = None
-        self._conns: set[asyncio.Task] = set()
 
     # --- lifecycle --------------------------------------------------------------
-    @property
-    def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """`base` (default os.environ) with PAILFS_ENDPOINT pointing at the proxy."""
         return {**(os.environ if base is None else base), "PAILFS_ENDPOINT": self.endpoint}
-
-    def start(self) -> "FaultProxy":
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._accept, self.host, 0, limit=HEAD_LIMIT), self._loop).result(10)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        if not self._thread.is_alive():
-            return
-
-        async def shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
-            for task in list(self._conns):
-                task.cancel()
-            await asyncio.gather(*self._conns, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def __enter__(self) -> "FaultProxy":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def drop_connections(self) -> None:
         """Close every client connection (so the next request opens a fresh one)."""

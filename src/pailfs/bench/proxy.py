@@ -19,16 +19,21 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 
 
-class LatencyProxy:
-    """`with LatencyProxy(upstream_host, upstream_port, delay_ms) as proxy: proxy.endpoint`."""
+class LoopbackProxy:
+    """A TCP proxy on 127.0.0.1 running its own asyncio loop in a thread: the
+    lifecycle shared by the latency proxy here and the fault proxy of the tests.
+    Subclasses implement `_accept(reader, writer)` and register its task in
+    `_conns` so stop() can cancel it."""
 
-    def __init__(self, upstream_host: str, upstream_port: int, delay_ms: float, host: str = "127.0.0.1") -> None:
+    thread_name = "proxy"
+    stream_limit = 2 ** 16
+
+    def __init__(self, upstream_host: str, upstream_port: int, host: str = "127.0.0.1") -> None:
         self.upstream = (upstream_host, upstream_port)
-        self.delay = delay_ms / 1000.0
         self.host = host
         self.port = 0
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="bench-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=self.thread_name, daemon=True)
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task] = set()
 
@@ -36,12 +41,11 @@ class LatencyProxy:
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "LatencyProxy":
+    def start(self):
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._accept, self.host, 0), self._loop).result(10)
+            asyncio.start_server(self._accept, self.host, 0, limit=self.stream_limit), self._loop).result(10)
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("latency proxy %s -> %s:%d, %.1f ms each way", self.endpoint, *self.upstream, self.delay * 1000)
         return self
 
     def stop(self) -> None:
@@ -60,11 +64,29 @@ class LatencyProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
-    def __enter__(self) -> "LatencyProxy":
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class LatencyProxy(LoopbackProxy):
+    """`with LatencyProxy(upstream_host, upstream_port, delay_ms) as proxy: proxy.endpoint`."""
+
+    thread_name = "bench-proxy"
+
+    def __init__(self, upstream_host: str, upstream_port: int, delay_ms: float, host: str = "127.0.0.1") -> None:
+        super().__init__(upstream_host, upstream_port, host)
+        self.delay = delay_ms / 1000.0
+
+    def start(self) -> "LatencyProxy":
+        super().start()
+        log.info("latency proxy %s -> %s:%d, %.1f ms each way", self.endpoint, *self.upstream, self.delay * 1000)
+        return self
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
