@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -209,6 +210,31 @@ def test_stats_and_warmup(dataset, s3_env, tmp_path):
         assert data["stat_cache"]["entries"] >= 120
         table = pailfs("stats", str(mnt), check=True).stdout.decode()
         assert "bytes downloaded" in table
+
+
+@pytest.mark.parametrize("readahead_mb", [16, 0])
+def test_sequential_read_makes_few_large_gets(readahead_mb, dataset, s3_env, tmp_path):
+    """A sequential read is fetched once, in aligned ranged GETs of up to 8 MiB, whether
+    the kernel sends 1 MiB requests a little out of order (its readahead raised to
+    `kernel_readahead`) or 128 KiB ones in order (the kernel's default)."""
+    bucket, objects = dataset
+    with mounted(bucket, tmp_path / "m", f"{RO},kernel_readahead={readahead_mb}") as mnt:
+        dev = os.stat(mnt).st_dev
+        bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+        assert int(bdi.read_text()) == (readahead_mb * 1024 or 128)
+        fd = os.open(mnt / "big.bin", os.O_RDONLY)
+        before = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)["store"]
+        try:
+            digest = hashlib.sha256()
+            while chunk := os.read(fd, 1 << 20):
+                digest.update(chunk)
+        finally:
+            os.close(fd)
+        assert digest.hexdigest() == hashlib.sha256(objects["big.bin"]).hexdigest()
+        after = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)["store"]
+        assert after["bytes_down"] - before["bytes_down"] == len(objects["big.bin"])  # nothing fetched twice
+        gets = after["requests"]["get"] - before["requests"].get("get", 0)
+        assert gets <= 4  # 12 MiB: the first 8 MiB group, then the rest
 
 
 def test_disk_cache_survives_remount(dataset, s3_env, tmp_path):

@@ -12,7 +12,7 @@ from typing import Awaitable, Callable, Hashable
 
 MiB = 1024 * 1024
 
-FetchRange = Callable[[int, int], Awaitable[bytes]]  # (start, end) -> bytes [start, end)
+FetchRange = Callable[[int, int], Awaitable[memoryview]]  # (start, end) -> bytes [start, end)
 
 
 class MemoryCache:
@@ -57,24 +57,30 @@ class Prefetcher:
     """Reads one large object in chunks, with a readahead window that doubles on
     sequential reads (up to max_window bytes) and resets on a seek.
 
-    Consecutive missing chunks are fetched by one ranged GET of up to
-    `group` chunks; at most `parallel` GETs are in flight for this object.
-    Chunks behind the reader are dropped, so memory stays within the window.
+    The kernel's own readahead sends several READs at once, a little out of
+    order: a read within `slack` bytes of the furthest one so far still counts
+    as sequential. Missing chunks are fetched by ranged GETs of up to `group`
+    chunks, aligned to `group`; at most `parallel` GETs are in flight for this
+    object. Chunks more than `slack` behind the reader are dropped, so memory
+    stays within the window. Chunks and the reads served from them are views of
+    the fetched buffers: the bytes are copied once, by the kernel, into the page
+    cache.
     """
 
     def __init__(self, fetch: FetchRange, size: int, chunk_size: int = MiB, max_window: int = 64 * MiB,
-                 parallel: int = 20, group: int = 8) -> None:
+                 parallel: int = 20, group: int = 8, slack: int = 4 * MiB) -> None:
         self.fetch = fetch
         self.size = size
         self.chunk_size = chunk_size
         self.max_window_chunks = max(1, max_window // chunk_size)
         self.group = group
+        self.slack = max(slack, 4 * chunk_size)
         self._sem = asyncio.Semaphore(parallel)
-        self.chunks: dict[int, asyncio.Future[bytes]] = {}
+        self.chunks: dict[int, asyncio.Future[memoryview]] = {}
         self.window = 1
-        self.next_offset = 0
+        self.next_offset = 0  # end of the furthest read so far
 
-    def cached(self, offset: int, size: int) -> bytes | None:
+    def cached(self, offset: int, size: int) -> memoryview | bytes | None:
         """The bytes if every chunk they need is already here (reader thread)."""
         end = min(offset + size, self.size)
         if offset >= end:
@@ -88,20 +94,22 @@ class Prefetcher:
             pieces.append(fut.result())
         return _slice(pieces, offset - (offset // cs) * cs, end - offset)
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> memoryview | bytes:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
         cs = self.chunk_size
         first, last = offset // cs, (end - 1) // cs
-        if offset == self.next_offset or (first in self.chunks and offset > self.next_offset - 4 * cs):
+        if abs(offset - self.next_offset) <= self.slack:
             self.window = min(self.window * 2, self.max_window_chunks)
         else:
             self.window = 1
+        self.next_offset = max(self.next_offset, end) if self.window > 1 else end
         last_chunk = (self.size - 1) // cs
         self._schedule(first, min(last + self.window, last_chunk))
-        for idx in [i for i in self.chunks if i < first - 1]:
-            del self.chunks[idx]  # behind the reader
+        behind = first - self.slack // cs
+        for idx in [i for i in self.chunks if i < behind]:
+            del self.chunks[idx]
         needed = [self.chunks[i] for i in range(first, last + 1)]
         try:
             pieces = [await fut for fut in needed]
@@ -111,11 +119,14 @@ class Prefetcher:
                 if fut is not None and fut.done() and (fut.cancelled() or fut.exception() is not None):
                     del self.chunks[i]
             raise
-        self.next_offset = end
         return _slice(pieces, offset - first * cs, end - offset)
 
     def _schedule(self, first: int, last: int) -> None:
+        """Fetch the missing chunks of [first, last]; beyond the reader's own chunks,
+        whole aligned groups, so out-of-order reads still make full-size GETs."""
         loop = asyncio.get_running_loop()
+        if last > first:
+            last = min(last - last % self.group + self.group - 1, (self.size - 1) // self.chunk_size)
         run: list[int] = []
         for idx in range(first, last + 1):
             if idx in self.chunks:
@@ -123,7 +134,7 @@ class Prefetcher:
                 continue
             self.chunks[idx] = loop.create_future()
             run.append(idx)
-            if len(run) == self.group:
+            if idx % self.group == self.group - 1:
                 self._start(run)
         self._start(run)
 
@@ -133,7 +144,7 @@ class Prefetcher:
             asyncio.get_running_loop().create_task(self._fetch(run[0], run[-1], futures))
             run.clear()
 
-    async def _fetch(self, first: int, last: int, futures: list[asyncio.Future[bytes]]) -> None:
+    async def _fetch(self, first: int, last: int, futures: list[asyncio.Future[memoryview]]) -> None:
         cs = self.chunk_size
         try:
             async with self._sem:
@@ -149,7 +160,7 @@ class Prefetcher:
         view = memoryview(data)
         for n, fut in enumerate(futures):
             if not fut.done():
-                fut.set_result(bytes(view[n * cs:(n + 1) * cs]))
+                fut.set_result(view[n * cs:(n + 1) * cs])
 
     def close(self) -> None:
         for fut in self.chunks.values():
@@ -158,8 +169,15 @@ class Prefetcher:
         self.chunks.clear()
 
 
-def _slice(pieces: list[bytes], start: int, length: int) -> bytes:
-    if len(pieces) == 1:
-        piece = pieces[0]
-        return piece if start == 0 and length == len(piece) else piece[start:start + length]
-    return b"".join(pieces)[start:start + length]
+def _slice(pieces: list[memoryview], start: int, length: int) -> memoryview | bytes:
+    """bytes [start, start+length) of the concatenated pieces: a view when they lie
+    in one piece, else one copy of just those bytes."""
+    first = pieces[0]
+    if start + length <= len(first):
+        return first if start == 0 and length == len(first) else first[start:start + length]
+    parts = [first[start:]]
+    left = length - len(parts[0])
+    for piece in pieces[1:]:
+        parts.append(piece[:left])
+        left -= len(parts[-1])
+    return b"".join(parts)

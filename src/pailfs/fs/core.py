@@ -482,7 +482,8 @@ class ObjectFileSystem:
             pf = Prefetcher(lambda start, end: self._get_range(key, etag, start, end), node.size,
                             chunk_size=MiB, max_window=self.options.readahead_max * MiB,
                             parallel=self.options.parallel_count,
-                            group=8)  # one ranged GET covers up to 8 chunks
+                            group=8,  # one ranged GET covers up to 8 chunks
+                            slack=self.options.kernel_readahead * MiB)
             self._prefetchers[ino] = pf
             if len(self._prefetchers) > 64:  # bound memory: drop the oldest reader
                 old_ino = next(iter(self._prefetchers))
@@ -504,12 +505,12 @@ class ObjectFileSystem:
         self.memory.put(node.ino, data)
         return data
 
-    async def _get_range(self, key: str, etag: str | None, start: int, end: int) -> bytes:
+    async def _get_range(self, key: str, etag: str | None, start: int, end: int) -> memoryview:
         if self.disk_cache is not None:
-            data = self.disk_cache.get_range(key, etag, start, end)
-            if data is not None:
-                return data
-        data = await self.store.get(key, start, end)
+            cached = self.disk_cache.get_range(key, etag, start, end)
+            if cached is not None:
+                return memoryview(cached)
+        data = await self.store.get_buffer(key, start, end)
         if self.disk_cache is not None:
             self.disk_cache.put_range(key, etag, start, data)
         return data

@@ -3,7 +3,7 @@
 What the CLI calls::
 
     server = FuseServer(fs, mountpoint, loop=loop, fs_name="bucket:/prefix",
-                        allow_other=..., nonempty=...)
+                        allow_other=..., nonempty=..., readahead_kib=16384)
     # SIGTERM/SIGINT handler (any thread):  server.stop()
     server.serve(ready_callback=...)   # blocks: mount, serve, always unmount
 
@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from pailfs.errors import MountError
 from pailfs.fuse import mount as _mount
-from pailfs.fuse.mount import abort_connection, find_mount, is_stale, unmount
+from pailfs.fuse.mount import abort_connection, find_mount, is_stale, set_readahead, unmount
 from pailfs.fuse.session import FuseSession
 
 __all__ = ["FuseServer", "FuseSession", "serve", "unmount", "is_stale", "find_mount"]
@@ -47,8 +47,9 @@ class FuseServer:
                  allow_other: bool = False, default_permissions: bool = True, noatime: bool = True,
                  uid: int | None = None, gid: int | None = None, nonempty: bool = False,
                  readers: int = 1, use_fusermount: bool | None = None,
-                 stop_grace: float = STOP_GRACE) -> None:
+                 stop_grace: float = STOP_GRACE, readahead_kib: int = 0) -> None:
         self.fs = fs
+        self.readahead_kib = readahead_kib
         self.mountpoint = mountpoint
         self.loop = loop
         self.read_only = bool(fs.read_only) if read_only is None else read_only
@@ -116,6 +117,8 @@ class FuseServer:
                 raise MountError(f"the kernel did not initialize the mount at {self.mountpoint}")
             if self._stop.is_set():
                 return
+            if self.readahead_kib and self.device is not None:
+                set_readahead(self.device, self.readahead_kib)
             if ready_callback is not None:
                 ready_callback()
             # Wait in short steps so the main thread still runs signal handlers.

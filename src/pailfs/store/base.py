@@ -75,6 +75,11 @@ class ObjectStore(abc.ABC):
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """The object's bytes, or bytes [start, end) of it. A range past the end is clipped."""
 
+    async def get_buffer(self, key: str, start: int | None = None, end: int | None = None) -> memoryview:
+        """get() as a read-only buffer: a store that receives into its own buffer hands
+        it over instead of copying it into bytes (the read path of large files)."""
+        return memoryview(await self.get(key, start, end))
+
     @abc.abstractmethod
     def list_pages(self, prefix: str = "", delimiter: str | None = None,
                    page_size: int = 1000) -> AsyncIterator[Listing]:

@@ -397,6 +397,14 @@ class S3Store(ObjectStore):
                           h.get("etag"), metadata)
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        data = await self._get(key, start, end)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    async def get_buffer(self, key: str, start: int | None = None, end: int | None = None) -> memoryview:
+        return memoryview(await self._get(key, start, end))
+
+    async def _get(self, key: str, start: int | None, end: int | None) -> "bytes | obstore.Bytes":
+        """bytes, or obstore's Bytes (a buffer owned by Rust: no copy into Python)."""
         lo = start or 0
         if end is not None and end <= lo:
             return b""
@@ -415,7 +423,7 @@ class S3Store(ObjectStore):
             else:
                 rng = (lo, end) if end is not None else {"offset": lo}
                 result = await obstore.get_async(self._obs, full, options={"range": rng})
-            data = bytes(await result.bytes_async())
+            data = await result.bytes_async()
         except Exception as exc:  # noqa: BLE001 - every obstore error goes through the table
             if failure_of(exc).status == 416:  # range starts at or past the end
                 self._count("get")
