@@ -343,6 +343,23 @@ def test_mount_t_fuse_pailfs_and_fstab_style_options(dataset, s3_env, tmp_path):
     assert not is_mounted(mnt)
 
 
+def test_walk_then_read_a_tree_larger_than_the_stat_cache(dataset, s3_env, tmp_path):
+    """The ImageFolder pattern: list everything, then read every file. Entries evicted
+    from a small stat cache are still known to the kernel, so reading them costs one
+    GET each and no HEAD."""
+    bucket, objects = dataset
+    with mounted(bucket, tmp_path / "m", "ro,kernel_cache,max_stat_cache_size=30") as mnt:
+        paths = sorted(os.path.join(d, f) for d, _, files in os.walk(mnt / "train") for f in files)
+        assert len(paths) == 120
+        for path in paths:
+            assert Path(path).read_bytes() == objects[os.path.relpath(path, mnt)]
+        data = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)
+        assert data["stat_cache"]["evictions"] >= 90
+        assert data["store"]["requests"].get("head", 0) == 0
+        assert data["store"]["requests"]["get"] == 120
+        assert data["kernel_requests"]["READ"] >= 120
+
+
 def test_many_readers_with_a_stat_cache_smaller_than_the_data(bucket, s3_env, tmp_path):
     """Evictions race with lookups answered from the cache; no reader may ever see an
     error or wrong bytes (a dropped inode the kernel still held used to give ENOENT)."""

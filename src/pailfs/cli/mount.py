@@ -202,6 +202,8 @@ def stats(mountpoint: Path = typer.Argument(...),
     table.add_row("bytes downloaded", f"{data['store']['bytes_down']:,}")
     table.add_row("bytes uploaded", f"{data['store']['bytes_up']:,}")
     table.add_row("store errors", str(data["store"]["errors"]))
+    for kind, count in sorted(data.get("kernel_requests", {}).items()):
+        table.add_row(f"kernel {kind} requests", f"{count:,}")
     for section in ("stat_cache", "data_cache"):
         for name, value in data[section].items():
             table.add_row(f"{section.replace('_', ' ')} {name.replace('_', ' ')}",

@@ -112,6 +112,8 @@ class FuseServer:
         try:
             if hasattr(self.fs, "on_changed"):
                 self.fs.on_changed = session.invalidate_inode
+            if hasattr(self.fs, "kernel_requests"):
+                self.fs.kernel_requests = session.stats
             session.start(self.readers)
             if not self._wait_init(session):
                 raise MountError(f"the kernel did not initialize the mount at {self.mountpoint}")
