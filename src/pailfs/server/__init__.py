@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -167,7 +168,8 @@ class SeaweedServer:
             "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc")}
         s3_port = self.requested_port or free_port()
         args = [
-            weed_binary(), "server",
+            # glog writes files to /tmp unless told otherwise; stderr goes to weed.log
+            weed_binary(), "-logtostderr", "server",
             f"-dir={self.data_dir / 'data'}", f"-ip={BIND}", f"-ip.bind={BIND}",
             f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
             f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
@@ -192,6 +194,7 @@ class SeaweedServer:
             self._wait_ready(state, timeout)
         except BaseException:
             self._kill(self._proc.pid)
+            _remove_grpc_sockets(ports)
             raise
         _write_private(self.state_file, json.dumps(state.__dict__))
         log.info("SeaweedFS started: %s (pid %d, data %s)", endpoint, state.pid, self.data_dir)
@@ -237,6 +240,7 @@ class SeaweedServer:
         if state is None:
             return False
         self._kill(state.pid, timeout)
+        _remove_grpc_sockets(state.ports)
         self.state_file.unlink(missing_ok=True)
         return True
 
@@ -271,3 +275,15 @@ class SeaweedServer:
             "AWS_SECRET_ACCESS_KEY": cred.secret_key,
             "AWS_REGION": REGION,
         }
+
+
+def _remove_grpc_sockets(ports: dict[str, int]) -> None:
+    """weed puts a unix socket per gRPC server in /tmp and leaves it behind when it stops."""
+    for kind in ("master", "volume", "filer", "s3"):
+        port = ports.get(f"{kind}_grpc")
+        path = Path(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock")
+        try:
+            if port and stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+        except OSError:
+            pass
