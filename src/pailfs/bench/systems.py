@@ -389,7 +389,9 @@ def all_systems() -> dict[str, System]:
     systems: list[System] = [
         PailfsMount("pailfs-ro", "ro,kernel_cache,max_stat_cache_size=10000,umask=022", False,
                     "pailfs mount -o ro,kernel_cache,max_stat_cache_size=10000,umask=022"),
-        PailfsMount("pailfs-rw", "max_stat_cache_size=0", True, "pailfs mount -o max_stat_cache_size=0"),
+        # the same options as s3fs's read-write mount, so the write workloads compare like with like
+        PailfsMount("pailfs-rw", "kernel_cache,max_stat_cache_size=10000,umask=022", True,
+                    "pailfs mount -o kernel_cache,max_stat_cache_size=10000,umask=022"),
         S3fsMount(), RcloneMount(), SdkSystem(), LocalSystem(),
     ]
     return {s.name: s for s in systems}
