@@ -343,6 +343,25 @@ def test_mount_t_fuse_pailfs_and_fstab_style_options(dataset, s3_env, tmp_path):
     assert not is_mounted(mnt)
 
 
+def test_reading_a_directory_lists_its_subdirectories_ahead(dataset, s3_env, tmp_path):
+    """os.walk reads a directory, then each subdirectory: their listings are fetched in
+    parallel while the walker is still on the parent, so the walk itself waits for none."""
+    bucket, objects = dataset
+    with mounted(bucket, tmp_path / "m", RO) as mnt:
+        def lists() -> int:
+            data = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)
+            return data["store"]["requests"].get("list", 0)
+
+        assert sorted(os.listdir(mnt / "train")) == ["class0", "class1", "class2"]
+        deadline = time.monotonic() + 10
+        while lists() < 5 and time.monotonic() < deadline:  # root, train, 3 class dirs
+            time.sleep(0.05)
+        assert lists() == 5
+        walked = {os.path.relpath(os.path.join(d, f), mnt) for d, _, fs in os.walk(mnt / "train") for f in fs}
+        assert walked == {k for k in objects if k.startswith("train/")}
+        assert lists() == 5
+
+
 def test_walk_then_read_a_tree_larger_than_the_stat_cache(dataset, s3_env, tmp_path):
     """The ImageFolder pattern: list everything, then read every file. Entries evicted
     from a small stat cache are still known to the kernel, so reading them costs one

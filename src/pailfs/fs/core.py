@@ -40,6 +40,7 @@ MAX_KEY_BYTES = 1024  # S3: a key is at most 1024 bytes
 
 FOREVER = float(2**31)  # kernel timeouts for "never expires"
 STATS_XATTR = "user.pailfs.stats"
+PREFETCH_LISTINGS = 8  # subdirectories listed ahead when a directory is read
 NO_MTIME = 0.0
 
 
@@ -454,7 +455,24 @@ class ObjectFileSystem:
         cached = self.cached_readdir(ino)
         if cached is not None:
             return cached
-        return await self._ensure_listed(dnode)
+        entries = await self._ensure_listed(dnode)
+        self._prefetch_listings(entries)
+        return entries
+
+    def _prefetch_listings(self, entries: list[Node]) -> None:
+        """A directory read is usually a walk: list its first subdirectories now, in
+        parallel, while the caller is still busy with this one. Only while the stat
+        cache has room, so a prefetch never evicts what was asked for."""
+        if not self.stat_cache.enabled:
+            return
+        started = 0
+        for node in entries:
+            if started == PREFETCH_LISTINGS or self.stat_cache.count >= self.stat_cache.capacity * 0.5:
+                return
+            if node.is_dir and node.listed_until <= time.monotonic() and node.ino not in self._listing:
+                task = asyncio.get_running_loop().create_task(self._ensure_listed(node))
+                task.add_done_callback(_ignore_failure)
+                started += 1
 
     async def statfs(self) -> StatFs:
         return StatFs()
@@ -783,7 +801,15 @@ class ObjectFileSystem:
         raise NotSupported("extended attributes are not stored")
 
     async def close(self) -> None:
+        for task in list(self._listing.values()):
+            task.cancel()
         await self.writes.close()
         for pf in self._prefetchers.values():
             pf.close()
         self._prefetchers.clear()
+
+
+def _ignore_failure(task: asyncio.Task) -> None:
+    """A prefetch that failed is simply not there; the real request will retry and report."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("prefetch failed: %s", task.exception())

@@ -451,28 +451,32 @@ class S3Store(ObjectStore):
 
     @staticmethod
     def _parse_list(body: bytes, strip: int) -> tuple[Listing, str | None]:
+        # a walk parses 1,000 entries per page: one pass over each entry's children,
+        # and one date parse per distinct LastModified (uploads share seconds)
         root = ET.fromstring(body)
-        encoded = (root.findtext(f"{_NS}EncodingType") or root.findtext("EncodingType") or "").lower() == "url"
+        ns = _NS if root.tag.startswith(_NS) else ""
+        encoded = (root.findtext(ns + "EncodingType") or "").lower() == "url"
+        key_tag, size_tag, date_tag, etag_tag, prefix_tag = (
+            ns + "Key", ns + "Size", ns + "LastModified", ns + "ETag", ns + "Prefix")
+        dates: dict[str, float] = {}
 
         def dec(text: str | None) -> str:
             text = text or ""
-            return unquote_plus(text) if encoded else text
-
-        def find(el: ET.Element, name: str) -> str | None:
-            found = el.find(_NS + name)
-            if found is None:
-                found = el.find(name)
-            return found.text if found is not None else None
+            return unquote_plus(text) if encoded and ("%" in text or "+" in text) else text
 
         page = Listing()
-        for item in list(root.iter(_NS + "Contents")) + list(root.iter("Contents")):
-            key = dec(find(item, "Key"))
-            page.objects.append(ObjectInfo(key[strip:], int(find(item, "Size") or 0),
-                                           _iso_date(find(item, "LastModified")), find(item, "ETag")))
-        for item in list(root.iter(_NS + "CommonPrefixes")) + list(root.iter("CommonPrefixes")):
-            page.prefixes.append(dec(find(item, "Prefix"))[strip:])
-        truncated = (find(root, "IsTruncated") or "false").lower() == "true"
-        token = find(root, "NextContinuationToken") if truncated else None
+        for item in root.iterfind(ns + "Contents"):
+            fields = {child.tag: child.text for child in item}
+            date = fields.get(date_tag) or ""
+            mtime = dates.get(date)
+            if mtime is None:
+                mtime = dates[date] = _iso_date(date)
+            page.objects.append(ObjectInfo(dec(fields.get(key_tag))[strip:], int(fields.get(size_tag) or 0),
+                                           mtime, fields.get(etag_tag)))
+        for item in root.iterfind(ns + "CommonPrefixes"):
+            page.prefixes.append(dec(item.findtext(prefix_tag))[strip:])
+        truncated = (root.findtext(ns + "IsTruncated") or "false").lower() == "true"
+        token = root.findtext(ns + "NextContinuationToken") if truncated else None
         return page, token
 
     async def get_file(self, key: str, path: str | Path, progress: ProgressFn | None = None) -> ObjectInfo:
