@@ -106,7 +106,7 @@ class Prefetcher:
             self.window = 1
         self.next_offset = max(self.next_offset, end) if self.window > 1 else end
         last_chunk = (self.size - 1) // cs
-        self._schedule(first, min(last + self.window, last_chunk))
+        self._schedule(first, last, min(last + self.window, last_chunk))
         behind = first - self.slack // cs
         for idx in [i for i in self.chunks if i < behind]:
             del self.chunks[idx]
@@ -121,11 +121,13 @@ class Prefetcher:
             raise
         return _slice(pieces, offset - first * cs, end - offset)
 
-    def _schedule(self, first: int, last: int) -> None:
-        """Fetch the missing chunks of [first, last]; beyond the reader's own chunks,
-        whole aligned groups, so out-of-order reads still make full-size GETs."""
+    def _schedule(self, first: int, needed: int, last: int) -> None:
+        """Fetch the missing chunks of [first, last]. The reader's own chunks
+        [first, needed] go in a GET of their own, so the first bytes do not wait for
+        the readahead; beyond them, whole aligned groups, so out-of-order reads still
+        make full-size GETs."""
         loop = asyncio.get_running_loop()
-        if last > first:
+        if last > needed:
             last = min(last - last % self.group + self.group - 1, (self.size - 1) // self.chunk_size)
         run: list[int] = []
         for idx in range(first, last + 1):
@@ -134,7 +136,7 @@ class Prefetcher:
                 continue
             self.chunks[idx] = loop.create_future()
             run.append(idx)
-            if idx % self.group == self.group - 1:
+            if idx == needed or idx % self.group == self.group - 1:
                 self._start(run)
         self._start(run)
 
