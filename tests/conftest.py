@@ -6,12 +6,31 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import tempfile
 import uuid
 
 import pytest
 
 from pailfs.server import REGION, SeaweedServer
 from pailfs.store.s3api import S3Api
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_tmpdir(tmp_path_factory):
+    """pailfs and its mount daemons make their temp files (staging dirs, which a mount
+    killed on purpose leaves behind) under pytest's tmp dir instead of /tmp."""
+    path = tmp_path_factory.mktemp("tmpdir")
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(path)
+    tempfile.tempdir = None
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = old
+        tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session")

@@ -78,6 +78,23 @@ def get_object(url: str, key: str) -> bytes | None:
     return asyncio.run(run())
 
 
+def get_object_after_restart(url: str, key: str, timeout: float = 30.0) -> bytes | None:
+    """get_object on a server just (re)started: SeaweedFS answers 500 InternalError for
+    a moment while it loads its volumes, so retry those (only those) for a while."""
+    import time
+
+    from pailfs.errors import StoreError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return get_object(url, key)
+        except StoreError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def list_keys(url: str, prefix: str = "") -> list[str]:
     from pailfs.store import open_store
 

@@ -32,9 +32,9 @@ import pytest
 import faultproxy
 from conftest import make_bucket
 from faultproxy import GET_OBJECT, LIST, PUT, FaultProxy, kill9, restart
-from mounts import get_object, list_keys, mounted, pailfs, put_objects
+from mounts import get_object, get_object_after_restart, list_keys, mounted, pailfs, put_objects
 from pailfs import Checkpointer
-from pailfs.errors import CheckpointError, StoreError
+from pailfs.errors import CheckpointError
 
 MiB = 1024 * 1024
 TIMEOUTS = "readwrite_timeout=3,connect_timeout=2,retries=2"
@@ -544,17 +544,8 @@ def test_kill9_and_restart(tmp_path, monkeypatch, results):
             dead_for = time.monotonic() - started
 
             srv = restart(data_dir, state.s3_port)
-            # everything works again, and nothing was lost; after a kill -9 SeaweedFS
-            # answers 500 InternalError for a moment while its volumes load
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    found = get_object(url, "model.bin")
-                    break
-                except StoreError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
+            # everything works again, and nothing was lost
+            found = get_object_after_restart(url, "model.bin")
             want = new_model if rw_outcome == "ok" else objects["model.bin"]
             assert sha(found) == sha(want)
             deadline = time.monotonic() + 30

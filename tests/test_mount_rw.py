@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from mounts import get_object, list_keys, mounted, put_objects
+from mounts import get_object, get_object_after_restart, list_keys, mounted, put_objects
 
 RW = "stat_cache_expire=60"
 
@@ -186,4 +186,4 @@ def test_failed_upload_gives_eio_and_leaves_the_bucket_unchanged(private_server,
         assert info.value.errno == errno.EIO
         assert time.monotonic() - started < 30
     restart(state, tmp_path)
-    assert get_object(url, "model.bin") == b"old content"
+    assert get_object_after_restart(url, "model.bin") == b"old content"
