@@ -87,6 +87,15 @@ def test_absurd_numbers_are_bad_options_not_crashes(spec, s3_env):
     assert "bad value for option" in line
 
 
+@pytest.mark.parametrize("text, bucket, path", [
+    ("data", "data", ""), ("data/", "data", ""), ("data/train/x.bin", "data", "train/x.bin"),
+    ("data:/train", "data", "train"), ("s3://data/train/", "data", "train/"),
+])
+def test_bucket_forms_users_type(text, bucket, path):
+    """What `pailfs ls` prints (bucket/prefix) can be pasted back into any command."""
+    assert parse_url(text) == StoreURL("s3", bucket, path)
+
+
 url_text = st.one_of(
     st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30),
     st.builds(lambda s, b, p: f"{s}{b}{p}",

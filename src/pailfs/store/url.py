@@ -75,5 +75,6 @@ def parse_url(text: str, *, allow_no_bucket: bool = False) -> StoreURL:
         bucket, path = match.group(1), (match.group(2) or "").lstrip("/")
         check_bucket(bucket, text)
         return StoreURL("s3", bucket, path)
-    check_bucket(text, text)
-    return StoreURL("s3", text, "")
+    bucket, _, path = text.partition("/")  # bucket or bucket/prefix, as `pailfs ls` prints them
+    check_bucket(bucket, text)
+    return StoreURL("s3", bucket, path)
