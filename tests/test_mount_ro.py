@@ -237,6 +237,40 @@ def test_sequential_read_makes_few_large_gets(readahead_mb, dataset, s3_env, tmp
         assert gets <= 4  # 12 MiB: the first 8 MiB group, then the rest
 
 
+def test_readahead_stays_within_max_buffer_memory(dataset, s3_env, tmp_path):
+    """Readahead shares the max_buffer_memory bound with cached small objects: with
+    4 MB a sequential read of the 12 MiB object still returns every byte, and the
+    mount never holds more than 4 MiB of read buffers plus the chunk being read."""
+    import threading
+
+    bucket, objects = dataset
+    with mounted(bucket, tmp_path / "m", f"{RO},max_buffer_memory=4") as mnt:
+        peak = [0]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                data = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)["data_cache"]
+                peak[0] = max(peak[0], data["readahead_bytes"] + data["memory_bytes"])
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        digest = hashlib.sha256()
+        try:
+            fd = os.open(mnt / "big.bin", os.O_RDONLY)
+            try:
+                while chunk := os.read(fd, 1 << 20):
+                    digest.update(chunk)
+                    time.sleep(0.01)  # let the watcher see the buffers mid-read
+            finally:
+                os.close(fd)
+        finally:
+            done.set()
+            watcher.join()
+        assert digest.hexdigest() == hashlib.sha256(objects["big.bin"]).hexdigest()
+        assert 0 < peak[0] <= 5 * 1024 * 1024
+
+
 def test_disk_cache_survives_remount(dataset, s3_env, tmp_path):
     bucket, objects = dataset
     cache = tmp_path / "cache"

@@ -16,14 +16,20 @@ FetchRange = Callable[[int, int], Awaitable[memoryview]]  # (start, end) -> byte
 
 
 class MemoryCache:
-    """Whole objects by key, LRU, bounded in bytes."""
+    """Whole objects by key, LRU, bounded in bytes together with the readahead
+    buffers of every Prefetcher (`reserve`/`release`): one bound for all read
+    memory (max_buffer_memory). Readahead displaces cached small objects; a
+    reader's own chunks are always granted."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.used = 0
+        self.used = 0          # bytes of cached objects
+        self.reserved = 0      # bytes held by prefetchers
         self._items: OrderedDict[Hashable, bytes] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        # called with a size when readahead finds no room: frees other readers' buffers
+        self.reclaim: Callable[[int], None] | None = None
 
     def get(self, key: Hashable) -> bytes | None:
         data = self._items.get(key)
@@ -39,7 +45,25 @@ class MemoryCache:
             self.used -= len(old)
         self._items[key] = data
         self.used += len(data)
-        while self.used > self.max_bytes:
+        self._shrink(self.max_bytes)
+
+    def reserve(self, size: int, *, force: bool = False) -> bool:
+        """Take size bytes for readahead, evicting cached objects if need be; False if
+        even that leaves no room (unless force: what a reader waits for)."""
+        if not force:
+            if self.reclaim is not None and self.used + self.reserved + size > self.max_bytes:
+                self.reclaim(size)
+            self._shrink(self.max_bytes - size)
+            if self.used + self.reserved + size > self.max_bytes:
+                return False
+        self.reserved += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.reserved -= size
+
+    def _shrink(self, limit: int) -> None:
+        while self._items and self.used + self.reserved > limit:
             _, victim = self._items.popitem(last=False)
             self.used -= len(victim)
 
@@ -62,14 +86,17 @@ class Prefetcher:
     as sequential. Missing chunks are fetched by ranged GETs of up to `group`
     chunks, aligned to `group`; at most `parallel` GETs are in flight for this
     object. Chunks more than `slack` behind the reader are dropped, so memory
-    stays within the window. Chunks and the reads served from them are views of
+    stays within the window, and every chunk is accounted in `budget` (readahead
+    stops where the shared read memory is full). Chunks and the reads served from them are views of
     the fetched buffers: the bytes are copied once, by the kernel, into the page
     cache.
     """
 
     def __init__(self, fetch: FetchRange, size: int, chunk_size: int = MiB, max_window: int = 64 * MiB,
-                 parallel: int = 20, group: int = 8, slack: int = 4 * MiB) -> None:
+                 parallel: int = 20, group: int = 8, slack: int = 4 * MiB,
+                 budget: MemoryCache | None = None) -> None:
         self.fetch = fetch
+        self.budget = budget if budget is not None else MemoryCache(1 << 62)
         self.size = size
         self.chunk_size = chunk_size
         self.max_window_chunks = max(1, max_window // chunk_size)
@@ -109,7 +136,7 @@ class Prefetcher:
         self._schedule(first, last, min(last + self.window, last_chunk))
         behind = first - self.slack // cs
         for idx in [i for i in self.chunks if i < behind]:
-            del self.chunks[idx]
+            self._drop(idx)
         needed = [self.chunks[i] for i in range(first, last + 1)]
         try:
             pieces = [await fut for fut in needed]
@@ -117,7 +144,7 @@ class Prefetcher:
             for i in range(first, last + 1):  # let the next read retry
                 fut = self.chunks.get(i)
                 if fut is not None and fut.done() and (fut.cancelled() or fut.exception() is not None):
-                    del self.chunks[i]
+                    self._drop(i)
             raise
         return _slice(pieces, offset - first * cs, end - offset)
 
@@ -134,6 +161,12 @@ class Prefetcher:
             if idx in self.chunks:
                 self._start(run)
                 continue
+            if not self.budget.reserve(self.chunk_size, force=idx <= needed):
+                # read memory is full: give up what is behind the reader, else read ahead less
+                for old in [i for i, fut in self.chunks.items() if i < first and fut.done()]:
+                    self._drop(old)
+                if not self.budget.reserve(self.chunk_size):
+                    break
             self.chunks[idx] = loop.create_future()
             run.append(idx)
             if idx == needed or idx % self.group == self.group - 1:
@@ -164,10 +197,19 @@ class Prefetcher:
             if not fut.done():
                 fut.set_result(view[n * cs:(n + 1) * cs])
 
+    def idle(self) -> bool:
+        """No fetch in flight: closing it loses only bytes already handed over or ahead."""
+        return all(fut.done() for fut in self.chunks.values())
+
+    def _drop(self, idx: int) -> None:
+        del self.chunks[idx]
+        self.budget.release(self.chunk_size)
+
     def close(self) -> None:
         for fut in self.chunks.values():
             if not fut.done():
                 fut.cancel()
+        self.budget.release(self.chunk_size * len(self.chunks))
         self.chunks.clear()
 
 

@@ -109,6 +109,7 @@ class ObjectFileSystem:
         self._meta_sem = asyncio.Semaphore(options.max_multireq)
         self.small_max = options.small_object_size * MiB
         self.memory = MemoryCache(options.max_buffer_memory * MiB)
+        self.memory.reclaim = self._reclaim_readahead
         self._prefetchers: dict[int, Prefetcher] = {}
         self.disk_cache = None  # set by the mount when use_cache= is given
         self.writes = WriteBack(self)
@@ -496,19 +497,32 @@ class ObjectFileSystem:
             if data is None:
                 data = await self._fetch_whole(node)
             return data[offset:offset + size]
-        pf = self._prefetchers.get(ino)
-        if pf is None:
+        pf = self._prefetchers.pop(ino, None)
+        if pf is not None:
+            self._prefetchers[ino] = pf  # most recently used last
+        else:
             key, etag = node.key(), node.etag
             pf = Prefetcher(lambda start, end: self._get_range(key, etag, start, end), node.size,
                             chunk_size=MiB, max_window=self.options.readahead_max * MiB,
                             parallel=self.options.parallel_count,
                             group=8,  # one ranged GET covers up to 8 chunks
-                            slack=self.options.kernel_readahead * MiB)
+                            slack=self.options.kernel_readahead * MiB, budget=self.memory)
             self._prefetchers[ino] = pf
-            if len(self._prefetchers) > 64:  # bound memory: drop the oldest reader
+            if len(self._prefetchers) > 64:  # bound the bookkeeping: drop the oldest reader
                 old_ino = next(iter(self._prefetchers))
                 self._prefetchers.pop(old_ino).close()
         return await pf.read(offset, size)
+
+    def _reclaim_readahead(self, size: int) -> None:
+        """Read memory is short: close idle prefetchers (no fetch in flight), least
+        recently used first, until size bytes fit."""
+        memory = self.memory
+        for ino, pf in list(self._prefetchers.items()):
+            if memory.used + memory.reserved + size <= memory.max_bytes:
+                return
+            if pf.idle():
+                del self._prefetchers[ino]
+                pf.close()
 
     async def _fetch_whole(self, node: Node) -> bytes:
         key, etag = node.key(), node.etag
@@ -545,7 +559,8 @@ class ObjectFileSystem:
             "stat_cache": {"entries": self.stat_cache.count, "capacity": self.stat_cache.capacity,
                            "hits": self.stat_cache.hits, "evictions": self.stat_cache.evictions,
                            "inodes": len(self.inodes)},
-            "data_cache": {"memory_bytes": self.memory.used, "hits": self.memory.hits,
+            "data_cache": {"memory_bytes": self.memory.used, "readahead_bytes": self.memory.reserved,
+                           "hits": self.memory.hits,
                            "misses": self.memory.misses,
                            **(self.disk_cache.stats() if self.disk_cache is not None else {})},
             "kernel_requests": self.kernel_requests(),
