@@ -132,8 +132,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_cache_size", _pos_int, 10240, "Upper bound of the disk data cache.", unit="MB"),
     Option("multipart_size", _pos_int, 10, "Part size for multipart uploads and parallel downloads.", unit="MB"),
     Option("readahead_max", _pos_int, 64, "Largest sequential readahead window of one open file.", unit="MB"),
-    Option("kernel_readahead", _nonneg_int, 16, "Kernel readahead of the mount (the bdi's read_ahead_kb; root only); 0 keeps the kernel's 128 KiB, "
-           "which splits a sequential read into 128 KiB requests.", unit="MB"),
+    Option("kernel_readahead", _nonneg_int, 16, "Kernel readahead of the mount (the bdi's read_ahead_kb; root only), at most max_buffer_memory/4; "
+           "0 keeps the kernel's 128 KiB, which splits a sequential read into 128 KiB requests.", unit="MB"),
     Option("max_buffer_memory", _pos_int, 512, "Memory for read buffers (prefetched and small objects) across all files.", unit="MB"),
     Option("small_object_size", _pos_int, 1, "Objects up to this size are fetched whole on first read.", unit="MB"),
     Option("connect_timeout", _seconds, 10.0, "Seconds to wait for a TCP connection to the store.", unit="SECONDS"),

@@ -109,6 +109,9 @@ class ObjectFileSystem:
         self._meta_sem = asyncio.Semaphore(options.max_multireq)
         self.small_max = options.small_object_size * MiB
         self.memory = MemoryCache(options.max_buffer_memory * MiB)
+        # what the kernel may request ahead must fit the read memory, since the chunk
+        # of every READ in flight is fetched whatever the budget says
+        self.kernel_readahead = min(options.kernel_readahead, options.max_buffer_memory // 4) * MiB
         self.memory.reclaim = self._reclaim_readahead
         self._prefetchers: dict[int, Prefetcher] = {}
         self.disk_cache = None  # set by the mount when use_cache= is given
@@ -506,7 +509,7 @@ class ObjectFileSystem:
                             chunk_size=MiB, max_window=self.options.readahead_max * MiB,
                             parallel=self.options.parallel_count,
                             group=8,  # one ranged GET covers up to 8 chunks
-                            slack=self.options.kernel_readahead * MiB, budget=self.memory)
+                            slack=self.kernel_readahead, budget=self.memory)
             self._prefetchers[ino] = pf
             if len(self._prefetchers) > 64:  # bound the bookkeeping: drop the oldest reader
                 old_ino = next(iter(self._prefetchers))
