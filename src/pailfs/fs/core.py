@@ -135,7 +135,7 @@ class ObjectFileSystem:
         return node
 
     def _new_node(self, parent: Node, name: str, is_dir: bool, size: int = 0, mtime: float = NO_MTIME,
-                  etag: str | None = None) -> Node:
+                  etag: bytes | str | None = None) -> Node:
         node = make_node(self.inodes.next_ino(), parent, name, is_dir, self.look, size, mtime, etag)
         self.inodes.add(node)
         parent.children[name] = node  # type: ignore[index]
@@ -430,10 +430,13 @@ class ObjectFileSystem:
                     if node is not None and node.is_dir != is_dir:
                         self._detach(node)
                         node = None
-                    if node is None:
-                        node = self._new_node(dnode, name, is_dir)
                     if is_dir:
+                        if node is None:
+                            node = self._new_node(dnode, name, True)
                         node.mtime = info.mtime
+                    elif node is None:  # the common case of a first listing: one step
+                        node = self._new_node(dnode, name, False, info.size,
+                                              mtimes.setdefault(info.mtime, info.mtime), compact_etag(info.etag))
                     elif not self.writes.busy(node.ino):
                         if node.etag != compact_etag(info.etag):
                             self._set_attrs(node, info)

@@ -135,7 +135,7 @@ class DirNode(Node):
 
 
 def make_node(ino: int, parent: DirNode | None, name: str, is_dir: bool, look: Presentation,
-              size: int = 0, mtime: float = 0.0, etag: str | None = None) -> Node:
+              size: int = 0, mtime: float = 0.0, etag: bytes | str | None = None) -> Node:
     return (DirNode if is_dir else FileNode)(ino, parent, name, look, size, mtime, etag)
 
 
