@@ -33,3 +33,23 @@ def test_server_start_and_stop_leave_nothing_in_tmp(tmp_path):
     assert not left & ours
     assert not [n for n in left if n.startswith("weed.") and os.stat(f"/tmp/{n}").st_mtime >= started]
     assert (data / "weed.log").stat().st_size > 0  # weed's log went to the data dir instead
+
+
+def test_a_killed_server_leaves_nothing_once_started_again(tmp_path):
+    """kill -9 gives weed no chance to clean up; the next start removes its sockets."""
+    import signal
+
+    data = tmp_path / "srv"
+    pailfs("server", "start", "--data-dir", str(data), check=True)
+    try:
+        old = json.loads((data / "server.json").read_text())
+        os.killpg(old["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pailfs("server", "status", "--data-dir", str(data)).returncode != 3:
+            assert time.monotonic() < deadline, "the killed server still shows as running"
+            time.sleep(0.2)
+        pailfs("server", "start", "--data-dir", str(data), check=True)
+    finally:
+        pailfs("server", "stop", "--data-dir", str(data))
+    for kind in ("master", "volume", "filer", "s3"):
+        assert not Path(f"/tmp/seaweedfs-{kind}-grpc-{old['ports'][f'{kind}_grpc']}.sock").exists()

@@ -127,7 +127,8 @@ class SeaweedServer:
         except (OSError, ValueError):
             return None
         state = ServerState(**raw)
-        if not pid_running(state.pid):
+        if not pid_running(state.pid):  # killed: what it left behind goes too
+            _remove_grpc_sockets(state.ports)
             self.state_file.unlink(missing_ok=True)
             return None
         return state
