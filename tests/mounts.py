@@ -48,6 +48,13 @@ def mounted(source: str, mountpoint: Path, *options: str, env: dict | None = Non
             force_unmount(mountpoint)
 
 
+def mount_stats(mountpoint: Path) -> dict:
+    """`pailfs stats --json` of a live mount."""
+    import json
+
+    return json.loads(pailfs("stats", str(mountpoint), "--json", check=True).stdout)
+
+
 def put_objects(url: str, objects: dict[str, bytes]) -> None:
     """Write objects through the store layer (env carries endpoint and keys)."""
     from pailfs.store import open_store

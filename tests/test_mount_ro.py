@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import stat
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from mounts import get_object, is_mounted, mounted, pailfs, put_objects
+from mounts import get_object, is_mounted, mount_stats, mounted, pailfs, put_objects
 
 RO = "ro,kernel_cache,max_stat_cache_size=10000,umask=022"
 
@@ -203,7 +202,7 @@ def test_stats_and_warmup(dataset, s3_env, tmp_path):
     with mounted(bucket, tmp_path / "m", RO) as mnt:
         proc = pailfs("warmup", str(mnt / "train"), "-j", "8", check=True)
         assert "warmed 120 files" in proc.stdout.decode()
-        data = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)
+        data = mount_stats(mnt)
         assert data["read_only"] is True
         assert data["store"]["requests"].get("get", 0) >= 120
         assert data["store"]["requests"].get("head", 0) == 0  # attributes came from LIST
@@ -223,7 +222,7 @@ def test_sequential_read_makes_few_large_gets(readahead_mb, dataset, s3_env, tmp
         bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
         assert int(bdi.read_text()) == (readahead_mb * 1024 or 128)
         fd = os.open(mnt / "big.bin", os.O_RDONLY)
-        before = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)["store"]
+        before = mount_stats(mnt)["store"]
         try:
             digest = hashlib.sha256()
             while chunk := os.read(fd, 1 << 20):
@@ -231,7 +230,7 @@ def test_sequential_read_makes_few_large_gets(readahead_mb, dataset, s3_env, tmp
         finally:
             os.close(fd)
         assert digest.hexdigest() == hashlib.sha256(objects["big.bin"]).hexdigest()
-        after = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)["store"]
+        after = mount_stats(mnt)["store"]
         assert after["bytes_down"] - before["bytes_down"] == len(objects["big.bin"])  # nothing fetched twice
         gets = after["requests"]["get"] - before["requests"].get("get", 0)
         assert gets <= 4  # 12 MiB: the first 8 MiB group, then the rest
@@ -253,7 +252,7 @@ def test_readahead_stays_within_max_buffer_memory(dataset, s3_env, tmp_path):
 
         def watch() -> None:
             while not done.is_set():
-                data = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)["data_cache"]
+                data = mount_stats(mnt)["data_cache"]
                 peak[0] = max(peak[0], data["readahead_bytes"] + data["memory_bytes"])
 
         watcher = threading.Thread(target=watch)
@@ -282,7 +281,7 @@ def test_disk_cache_survives_remount(dataset, s3_env, tmp_path):
     assert any(cache.rglob("*"))
     with mounted(bucket, tmp_path / "m", f"ro,use_cache={cache}") as mnt:
         assert (mnt / "train/class0/img001.bin").read_bytes() == objects["train/class0/img001.bin"]
-        data = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)
+        data = mount_stats(mnt)
         assert data["data_cache"]["disk_hits"] >= 1
         assert data["store"]["requests"].get("get", 0) == 0
 
@@ -386,7 +385,7 @@ def test_reading_a_directory_lists_its_subdirectories_ahead(dataset, s3_env, tmp
     bucket, objects = dataset
     with mounted(bucket, tmp_path / "m", RO) as mnt:
         def lists() -> int:
-            data = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)
+            data = mount_stats(mnt)
             return data["store"]["requests"].get("list", 0)
 
         assert sorted(os.listdir(mnt / "train")) == ["class0", "class1", "class2"]
@@ -409,7 +408,7 @@ def test_walk_then_read_a_tree_larger_than_the_stat_cache(dataset, s3_env, tmp_p
         assert len(paths) == 120
         for path in paths:
             assert Path(path).read_bytes() == objects[os.path.relpath(path, mnt)]
-        data = json.loads(pailfs("stats", str(mnt), "--json", check=True).stdout)
+        data = mount_stats(mnt)
         assert data["stat_cache"]["evictions"] >= 90
         assert data["store"]["requests"].get("head", 0) == 0
         assert data["store"]["requests"]["get"] == 120

@@ -51,13 +51,16 @@ class MemoryCache:
         """Take size bytes for readahead, evicting cached objects if need be; False if
         even that leaves no room (unless force: what a reader waits for)."""
         if not force:
-            if self.reclaim is not None and self.used + self.reserved + size > self.max_bytes:
+            if self.reclaim is not None and not self.fits(size):
                 self.reclaim(size)
             self._shrink(self.max_bytes - size)
-            if self.used + self.reserved + size > self.max_bytes:
+            if not self.fits(size):
                 return False
         self.reserved += size
         return True
+
+    def fits(self, size: int) -> bool:
+        return self.used + self.reserved + size <= self.max_bytes
 
     def release(self, size: int) -> None:
         self.reserved -= size
@@ -93,10 +96,9 @@ class Prefetcher:
     """
 
     def __init__(self, fetch: FetchRange, size: int, chunk_size: int = MiB, max_window: int = 64 * MiB,
-                 parallel: int = 20, group: int = 8, slack: int = 4 * MiB,
-                 budget: MemoryCache | None = None) -> None:
+                 parallel: int = 20, group: int = 8, slack: int = 4 * MiB, *, budget: MemoryCache) -> None:
         self.fetch = fetch
-        self.budget = budget if budget is not None else MemoryCache(1 << 62)
+        self.budget = budget
         self.size = size
         self.chunk_size = chunk_size
         self.max_window_chunks = max(1, max_window // chunk_size)
@@ -134,9 +136,7 @@ class Prefetcher:
         self.next_offset = max(self.next_offset, end) if self.window > 1 else end
         last_chunk = (self.size - 1) // cs
         self._schedule(first, last, min(last + self.window, last_chunk))
-        behind = first - self.slack // cs
-        for idx in [i for i in self.chunks if i < behind]:
-            self._drop(idx)
+        self._drop_before(first - self.slack // cs)
         needed = [self.chunks[i] for i in range(first, last + 1)]
         try:
             pieces = [await fut for fut in needed]
@@ -163,8 +163,7 @@ class Prefetcher:
                 continue
             if not self.budget.reserve(self.chunk_size, force=idx <= needed):
                 # read memory is full: give up what is behind the reader, else read ahead less
-                for old in [i for i, fut in self.chunks.items() if i < first and fut.done()]:
-                    self._drop(old)
+                self._drop_before(first)
                 if not self.budget.reserve(self.chunk_size):
                     break
             self.chunks[idx] = loop.create_future()
@@ -200,6 +199,12 @@ class Prefetcher:
     def idle(self) -> bool:
         """No fetch in flight: closing it loses only bytes already handed over or ahead."""
         return all(fut.done() for fut in self.chunks.values())
+
+    def _drop_before(self, limit: int) -> None:
+        """Drop the fetched chunks before chunk `limit` (one in flight is dropped by a
+        later read, once its memory is really there to give back)."""
+        for idx in [i for i, fut in self.chunks.items() if i < limit and fut.done()]:
+            self._drop(idx)
 
     def _drop(self, idx: int) -> None:
         del self.chunks[idx]

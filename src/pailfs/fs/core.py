@@ -522,9 +522,8 @@ class ObjectFileSystem:
     def _reclaim_readahead(self, size: int) -> None:
         """Read memory is short: close idle prefetchers (no fetch in flight), least
         recently used first, until size bytes fit."""
-        memory = self.memory
         for ino, pf in list(self._prefetchers.items()):
-            if memory.used + memory.reserved + size <= memory.max_bytes:
+            if self.memory.fits(size):
                 return
             if pf.idle():
                 del self._prefetchers[ino]
