@@ -12,15 +12,15 @@ import abc
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, Mapping
+from typing import AsyncIterator, Callable, Mapping, NamedTuple
 
 # Called with the number of bytes just transferred (for progress bars).
 ProgressFn = Callable[[int], None]
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """What a HEAD or a LIST entry says about one object."""
+class ObjectInfo(NamedTuple):
+    """What a HEAD or a LIST entry says about one object (a tuple: a LIST page
+    makes a thousand of them, and a tuple is the cheapest immutable record)."""
 
     key: str
     size: int

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as _dt
 import email.utils
 import hashlib
 import logging
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import AsyncIterator, BinaryIO, Mapping, NoReturn
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
 import httpx
@@ -45,13 +44,13 @@ from pailfs.config import MB, Options, parse_options
 from pailfs.errors import (AccessDenied, BadOption, NoSuchBucket, NotFound, PreconditionFailed,
                            StoreError, StoreUnavailable)
 from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn
+from pailfs.store.listxml import NS as _NS, iso_date, parse_list
 from pailfs.store.s3api import Credentials, S3Api
 from pailfs.store.sigv4 import uri_encode
 
 log = logging.getLogger(__name__)
 
 LIST_PAGE = 1000
-_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # obstore attributes that are headers, not user metadata
 _HEADER_ATTRIBUTES = frozenset({"Content-Disposition", "Content-Encoding", "Content-Language",
                                 "Content-Type", "Cache-Control", "Storage-Class"})
@@ -196,15 +195,6 @@ def _http_date(text: str | None) -> float:
         return email.utils.parsedate_to_datetime(text).timestamp()
     except (TypeError, ValueError):
         return time.time()
-
-
-def _iso_date(text: str | None) -> float:
-    if not text:
-        return 0.0
-    try:
-        return _dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -443,41 +433,11 @@ class S3Store(ObjectStore):
         while True:
             resp = await self._api_call("GET", "", "list", prefix, query=query)
             self._count("list", down=len(resp.content))
-            page, token = self._parse_list(resp.content, strip)
+            page, token = parse_list(resp.content, strip)
             yield page
             if not token:
                 return
             query["continuation-token"] = token
-
-    @staticmethod
-    def _parse_list(body: bytes, strip: int) -> tuple[Listing, str | None]:
-        # a walk parses 1,000 entries per page: one pass over each entry's children,
-        # and one date parse per distinct LastModified (uploads share seconds)
-        root = ET.fromstring(body)
-        ns = _NS if root.tag.startswith(_NS) else ""
-        encoded = (root.findtext(ns + "EncodingType") or "").lower() == "url"
-        key_tag, size_tag, date_tag, etag_tag, prefix_tag = (
-            ns + "Key", ns + "Size", ns + "LastModified", ns + "ETag", ns + "Prefix")
-        dates: dict[str, float] = {}
-
-        def dec(text: str | None) -> str:
-            text = text or ""
-            return unquote_plus(text) if encoded and ("%" in text or "+" in text) else text
-
-        page = Listing()
-        for item in root.iterfind(ns + "Contents"):
-            fields = {child.tag: child.text for child in item}
-            date = fields.get(date_tag) or ""
-            mtime = dates.get(date)
-            if mtime is None:
-                mtime = dates[date] = _iso_date(date)
-            page.objects.append(ObjectInfo(dec(fields.get(key_tag))[strip:], int(fields.get(size_tag) or 0),
-                                           mtime, fields.get(etag_tag)))
-        for item in root.iterfind(ns + "CommonPrefixes"):
-            page.prefixes.append(dec(item.findtext(prefix_tag))[strip:])
-        truncated = (root.findtext(ns + "IsTruncated") or "false").lower() == "true"
-        token = root.findtext(ns + "NextContinuationToken") if truncated else None
-        return page, token
 
     async def get_file(self, key: str, path: str | Path, progress: ProgressFn | None = None) -> ObjectInfo:
         """Download through a temp file in the target directory, renamed when complete.
@@ -716,7 +676,7 @@ async def list_buckets(endpoint: str, credentials: Credentials | None,
         if resp.status_code != 200:
             raise translate(failure_of(resp), "list buckets", "s3://", "", endpoint, credentials)
         root = ET.fromstring(resp.content)
-        return [(b.findtext(_NS + "Name") or "", _iso_date(b.findtext(_NS + "CreationDate")))
+        return [(b.findtext(_NS + "Name") or "", iso_date(b.findtext(_NS + "CreationDate")))
                 for b in root.iter(_NS + "Bucket")]
     finally:
         await api.aclose()
