@@ -98,6 +98,11 @@ def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_f
     from pailfs.store import open_store
 
     logging.getLogger().setLevel(logging.DEBUG if opts.debug else logging.INFO)
+    if not opts.debug:  # httpx logs every request at INFO: a cost on every LIST and HEAD
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    # the reader thread answers cached requests while the loop thread parses listings:
+    # a 5 ms GIL switch interval would add up to 5 ms to each of those answers
+    sys.setswitchinterval(0.0005)
     loop = asyncio.new_event_loop()
     loop_thread = threading.Thread(target=loop.run_forever, name="pailfs-loop", daemon=True)
     loop_thread.start()
