@@ -451,3 +451,24 @@ def test_many_readers_with_a_stat_cache_smaller_than_the_data(bucket, s3_env, tm
         for t in threads:
             t.join()
     assert errors == []
+
+
+def test_a_walk_is_listed_one_level_ahead_all_the_way_down(dataset, s3_env, tmp_path):
+    """A directory listed ahead of the walker queues its own subdirectories when the
+    walker reaches it (served from the cache), so a deep walk keeps one level ahead."""
+    bucket, objects = dataset
+    with mounted(bucket, tmp_path / "m", RO) as mnt:
+        def lists_reach(count: int) -> int:
+            deadline = time.monotonic() + 10
+            while (n := mount_stats(mnt)["store"]["requests"].get("list", 0)) < count and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return n
+
+        assert os.listdir(mnt / "deep") == ["a"]
+        assert lists_reach(3) == 3  # root, deep/, and deep/a/ ahead
+        for depth, path in enumerate(["deep/a", "deep/a/b", "deep/a/b/c"], start=4):
+            assert len(os.listdir(mnt / path)) == 1  # answered from the listing made ahead
+            assert lists_reach(depth) == depth  # ... which queued the next level
+        assert os.listdir(mnt / "deep/a/b/c/d") == ["leaf.txt"]
+        assert (mnt / "deep/a/b/c/d/leaf.txt").read_bytes() == objects["deep/a/b/c/d/leaf.txt"]
+        assert mount_stats(mnt)["store"]["requests"]["list"] == 6  # root, deep, a, b, c, d: one each

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from operator import attrgetter
 from typing import Callable, Iterable, Protocol
 
 
@@ -76,9 +77,15 @@ class StatCache:
         target = int(self.capacity * 0.9)
         if self.count <= target:
             return
-        # expired entries go first, then least recently used
-        cached.sort(key=lambda e: (e.expires > now, e.used))
-        for entry in cached[: self.count - target]:
+        # expired entries go first, then least recently used (ticks mostly follow the
+        # population's order, so the sort is close to one linear pass)
+        excess = self.count - target
+        victims = [e for e in cached if e.expires <= now][:excess]
+        if len(victims) < excess:
+            live = [e for e in cached if e.expires > now]
+            live.sort(key=attrgetter("used"))
+            victims += live[: excess - len(victims)]
+        for entry in victims:
             entry.expires = 0.0
             self.evictions += 1
             self._on_evict(entry)

@@ -40,7 +40,8 @@ MAX_KEY_BYTES = 1024  # S3: a key is at most 1024 bytes
 
 FOREVER = float(2**31)  # kernel timeouts for "never expires"
 STATS_XATTR = "user.pailfs.stats"
-PREFETCH_LISTINGS = 8  # subdirectories listed ahead when a directory is read
+LISTINGS_AHEAD = 4     # directory listings a walk keeps in flight ahead of the walker
+AHEAD_QUEUE = 4096     # subdirectories waiting to be listed ahead
 NO_MTIME = 0.0
 
 
@@ -106,6 +107,9 @@ class ObjectFileSystem:
         self.inodes = InodeTable(self.root)
         self._negative: dict[tuple[int, str], float] = {}
         self._listing: dict[int, asyncio.Task] = {}
+        self._ahead: collections.deque[Node] = collections.deque(maxlen=AHEAD_QUEUE)
+        self._ahead_running = 0
+        self._largest_listing = 0
         self._meta_sem = asyncio.Semaphore(options.max_multireq)
         self.small_max = options.small_object_size * MiB
         self.memory = MemoryCache(options.max_buffer_memory * MiB)
@@ -280,6 +284,9 @@ class ObjectFileSystem:
             return entries if entries is not None and node.entries_until > time.monotonic() else None
         if entries is None:
             entries = node.entries = list(node.children.values())  # type: ignore[union-attr]
+        if node.ahead:  # listed ahead of a walk that has now reached it: go one level further
+            node.ahead = False
+            self._loop.call_soon_threadsafe(self._list_ahead, entries)
         return entries
 
     def cached_read(self, ino: int, offset: int, size: int) -> bytes | None:
@@ -447,6 +454,7 @@ class ObjectFileSystem:
             if not self.writes.busy(children[name].ino) and not self.writes.pending_create(children[name]):
                 self._detach(children[name])
         dnode.entries = None
+        self._largest_listing = max(self._largest_listing, len(listed))
         if len(children) < len(seen):
             # larger than the stat cache: keep this answer (it pins its nodes) for the
             # kernel's READDIRPLUS paging, but never use it to answer lookups
@@ -463,23 +471,48 @@ class ObjectFileSystem:
         if cached is not None:
             return cached
         entries = await self._ensure_listed(dnode)
-        self._prefetch_listings(entries)
+        dnode.ahead = False
+        self._list_ahead(entries)
         return entries
 
-    def _prefetch_listings(self, entries: list[Node]) -> None:
-        """A directory read is usually a walk: list its first subdirectories now, in
-        parallel, while the caller is still busy with this one. Only while the stat
-        cache has room, so a prefetch never evicts what was asked for."""
+    def _list_ahead(self, entries: list[Node]) -> None:
+        """A directory read is usually a walk: queue its subdirectories to be listed
+        in the walker's order, a few at a time, while the walker is still busy with
+        this one. Depth first, like os.walk and find: a new batch goes to the front.
+        Only while the stat cache has room for the walker's directory and those listed
+        ahead of it (judged by the largest listing yet), so they are still cached when
+        the walker gets there; and one level ahead only (see cached_readdir)."""
         if not self.stat_cache.enabled:
             return
-        started = 0
-        for node in entries:
-            if started == PREFETCH_LISTINGS or self.stat_cache.count >= self.stat_cache.capacity * 0.5:
+        subdirs = [node for node in entries if node.is_dir]
+        if subdirs:
+            self._ahead.extendleft(reversed(subdirs))
+            self._pump_ahead()
+
+    def _pump_ahead(self) -> None:
+        now = time.monotonic()
+        while self._ahead_running < LISTINGS_AHEAD and self._ahead:
+            capacity = self.stat_cache.capacity
+            if self.stat_cache.count >= capacity or self._largest_listing * (LISTINGS_AHEAD + 1) > capacity:
+                self._ahead.clear()
                 return
-            if node.is_dir and node.listed_until <= time.monotonic() and node.ino not in self._listing:
-                task = asyncio.get_running_loop().create_task(self._ensure_listed(node))
-                task.add_done_callback(_ignore_failure)
-                started += 1
+            node = self._ahead.popleft()
+            if node.listed_until > now or node.ino in self._listing or self.inodes.get(node.ino) is not node:
+                continue
+            self._ahead_running += 1
+            task = asyncio.get_running_loop().create_task(self._ensure_listed(node))
+            task.add_done_callback(lambda t, node=node: self._listed_ahead(t, node))
+
+    def _listed_ahead(self, task: asyncio.Task, node: Node) -> None:
+        # a listing ahead that failed is simply not there: the walker's own will retry and report
+        self._ahead_running -= 1
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.debug("listing ahead failed: %s", task.exception())
+        else:
+            node.ahead = True  # its own subdirectories are queued when the walker reads it
+        self._pump_ahead()
 
     async def statfs(self) -> StatFs:
         return StatFs()
@@ -821,6 +854,7 @@ class ObjectFileSystem:
         raise NotSupported("extended attributes are not stored")
 
     async def close(self) -> None:
+        self._ahead.clear()
         for task in list(self._listing.values()):
             task.cancel()
         await self.writes.close()
@@ -828,8 +862,3 @@ class ObjectFileSystem:
             pf.close()
         self._prefetchers.clear()
 
-
-def _ignore_failure(task: asyncio.Task) -> None:
-    """A prefetch that failed is simply not there; the real request will retry and report."""
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("prefetch failed: %s", task.exception())

@@ -119,10 +119,11 @@ class FileNode(Node):
     listed_until = 0.0
     entries = None
     entries_until = 0.0
+    ahead = False
 
 
 class DirNode(Node):
-    __slots__ = ("children", "listed_until", "entries", "entries_until")
+    __slots__ = ("children", "listed_until", "entries", "entries_until", "ahead")
     is_dir = True
 
     def __init__(self, ino: int, parent: "DirNode | None", name: str, look: Presentation,
@@ -132,6 +133,7 @@ class DirNode(Node):
         self.listed_until = 0.0   # children is the complete listing until then
         self.entries: list[Node] | None = None  # readdir answer, built lazily
         self.entries_until = 0.0  # an incomplete listing's entries serve readdir paging until then
+        self.ahead = False        # listed ahead of a walk; its subdirectories not queued yet
 
 
 def make_node(ino: int, parent: DirNode | None, name: str, is_dir: bool, look: Presentation,
