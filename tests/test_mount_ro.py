@@ -472,3 +472,31 @@ def test_a_walk_is_listed_one_level_ahead_all_the_way_down(dataset, s3_env, tmp_
         assert os.listdir(mnt / "deep/a/b/c/d") == ["leaf.txt"]
         assert (mnt / "deep/a/b/c/d/leaf.txt").read_bytes() == objects["deep/a/b/c/d/leaf.txt"]
         assert mount_stats(mnt)["store"]["requests"]["list"] == 6  # root, deep, a, b, c, d: one each
+
+
+def _mount_cpu_seconds(mnt: Path) -> float:
+    from pailfs.bench.systems import cpu_seconds, pids_serving
+
+    (pid,) = pids_serving(str(mnt))
+    return cpu_seconds(pid)
+
+
+@pytest.mark.parametrize("poll_us", [0, 50])
+def test_the_reader_answers_alike_polling_or_sleeping_and_an_idle_mount_burns_no_cpu(poll_us, dataset, s3_env,
+                                                                                      tmp_path):
+    """After a request answered from the cache the reader polls /dev/fuse for
+    fuse_poll_us before sleeping (0: sleeps at once). Either way every byte and
+    errno is the same, and a mount left idle afterwards uses no CPU."""
+    bucket, objects = dataset
+    with mounted(bucket, tmp_path / "m", f"{RO},fuse_poll_us={poll_us}") as mnt:
+        train = sorted(k for k in objects if k.startswith("train/"))
+        for _ in range(2):  # cold, then warm: every request of the second pass is answered inline
+            for key in train:
+                with open(mnt / key, "rb") as f:  # the isatty ioctl, then page-cache reads
+                    assert f.read() == objects[key]
+        with pytest.raises(FileNotFoundError):
+            os.stat(mnt / "train/no-such-file")
+        assert mount_stats(mnt)["kernel_requests"]["IOCTL"] >= 2 * len(train)
+        before = _mount_cpu_seconds(mnt)
+        time.sleep(1.0)
+        assert _mount_cpu_seconds(mnt) - before < 0.05

@@ -134,6 +134,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("readahead_max", _pos_int, 64, "Largest sequential readahead window of one open file.", unit="MB"),
     Option("kernel_readahead", _nonneg_int, 16, "Kernel readahead of the mount (the bdi's read_ahead_kb; root only), at most max_buffer_memory/4; "
            "0 keeps the kernel's 128 KiB, which splits a sequential read into 128 KiB requests.", unit="MB"),
+    Option("fuse_poll_us", _nonneg_int, 50, "After answering a request from the cache, keep polling for the next one this long "
+           "before sleeping: on a VM, waking a sleeping vCPU costs ~40 us a request (Python's open() makes one, the isatty ioctl). "
+           "0 sleeps at once.", unit="us"),
     Option("max_buffer_memory", _pos_int, 512, "Memory for read buffers (prefetched and small objects) across all files.", unit="MB"),
     Option("small_object_size", _pos_int, 1, "Objects up to this size are fetched whole on first read.", unit="MB"),
     Option("connect_timeout", _seconds, 10.0, "Seconds to wait for a TCP connection to the store.", unit="SECONDS"),

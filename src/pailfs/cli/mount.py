@@ -128,7 +128,7 @@ def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_f
             fs = on_loop(build())
             server = FuseServer(fs, str(mountpoint), loop=loop, fs_name=source, read_only=opts.read_only,
                                 allow_other=opts.allow_other, nonempty=opts.nonempty,
-                                readahead_kib=fs.kernel_readahead // 1024)
+                                readahead_kib=fs.kernel_readahead // 1024, poll_us=opts.fuse_poll_us)
         except Exception as exc:
             _report(ready_fd, f"error: {_one_line(exc)}")
             raise

@@ -3,7 +3,7 @@
 What the CLI calls::
 
     server = FuseServer(fs, mountpoint, loop=loop, fs_name="bucket:/prefix",
-                        allow_other=..., nonempty=..., readahead_kib=16384)
+                        allow_other=..., nonempty=..., readahead_kib=16384, poll_us=50)
     # SIGTERM/SIGINT handler (any thread):  server.stop()
     server.serve(ready_callback=...)   # blocks: mount, serve, always unmount
 
@@ -47,9 +47,10 @@ class FuseServer:
                  allow_other: bool = False, default_permissions: bool = True, noatime: bool = True,
                  uid: int | None = None, gid: int | None = None, nonempty: bool = False,
                  readers: int = 1, use_fusermount: bool | None = None,
-                 stop_grace: float = STOP_GRACE, readahead_kib: int = 0) -> None:
+                 stop_grace: float = STOP_GRACE, readahead_kib: int = 0, poll_us: int = 0) -> None:
         self.fs = fs
         self.readahead_kib = readahead_kib
+        self.poll_us = poll_us
         self.mountpoint = mountpoint
         self.loop = loop
         self.read_only = bool(fs.read_only) if read_only is None else read_only
@@ -108,7 +109,7 @@ class FuseServer:
         fd = _mount.mount(self.mountpoint, **self.mount_options)
         info = find_mount(self.mountpoint)
         self.device = info.device if info is not None else None
-        session = self.session = FuseSession(self.fs, fd, loop)
+        session = self.session = FuseSession(self.fs, fd, loop, poll_us=self.poll_us)
         try:
             if hasattr(self.fs, "on_changed"):
                 self.fs.on_changed = session.invalidate_inode
