@@ -29,7 +29,7 @@ from pailfs.config import Options
 from pailfs.errors import (
     DirectoryNotEmpty, IsADirectory, NotADirectory, NotFound, NotPermitted, NotSupported, ReadOnly,
 )
-from pailfs.fs.nodes import InodeTable, Node, Presentation, compact_etag, make_node
+from pailfs.fs.nodes import InodeTable, Node, Presentation, compact_etag, node_kinds
 from pailfs.fs.types import ROOT_INO, SetAttr, StatFs
 from pailfs.fs.writes import WriteBack
 from pailfs.store.base import ObjectInfo, ObjectStore
@@ -102,7 +102,8 @@ class ObjectFileSystem:
             self.entry_timeout = self.attr_timeout = ttl
             self.negative_timeout = ttl if options.enable_noobj_cache else 0.0
         self.keep_cache = bool(options.kernel_cache)
-        self.root = make_node(ROOT_INO, None, "", True, self.look, mtime=time.time())
+        self._file_kind, self._dir_kind = node_kinds(self.look)
+        self.root = self._dir_kind(ROOT_INO, None, "", mtime=time.time())
         self.root.expires = FOREVER * 1e3
         self.inodes = InodeTable(self.root)
         self._negative: dict[tuple[int, str], float] = {}
@@ -140,7 +141,7 @@ class ObjectFileSystem:
 
     def _new_node(self, parent: Node, name: str, is_dir: bool, size: int = 0, mtime: float = NO_MTIME,
                   etag: bytes | str | None = None) -> Node:
-        node = make_node(self.inodes.next_ino(), parent, name, is_dir, self.look, size, mtime, etag)
+        node = (self._dir_kind if is_dir else self._file_kind)(self.inodes.next_ino(), parent, name, size, mtime, etag)
         self.inodes.add(node)
         parent.children[name] = node  # type: ignore[index]
         parent.entries = None

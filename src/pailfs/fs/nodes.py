@@ -42,11 +42,11 @@ def compact_etag(etag: str | None) -> bytes | str | None:
 class Node:
     """An inode; FileNode and DirNode are the two kinds (a kind never changes)."""
 
-    __slots__ = ("ino", "parent", "name", "size", "mtime", "etag", "expires", "nlookup", "meta",
-                 "look", "used")
+    __slots__ = ("ino", "parent", "name", "size", "mtime", "etag", "expires", "nlookup", "meta", "used")
     is_dir = False
+    look: Presentation  # a class attribute of the kinds made for one file system (node_kinds)
 
-    def __init__(self, ino: int, parent: "DirNode | None", name: str, look: Presentation,
+    def __init__(self, ino: int, parent: "DirNode | None", name: str,
                  size: int = 0, mtime: float = 0.0, etag: str | None = None) -> None:
         self.ino = ino
         self.parent = parent
@@ -58,7 +58,6 @@ class Node:
         self.nlookup = 0          # references the kernel holds
         self.meta: tuple[int | None, int | None, int | None] | tuple[()] | None = None
         # (mode, uid, gid) from object metadata; () = known to have none; None = not read yet
-        self.look = look
         self.used = 0             # stat-cache clock tick of the last use
 
     # --- the Attr protocol ------------------------------------------------
@@ -126,9 +125,9 @@ class DirNode(Node):
     __slots__ = ("children", "listed_until", "entries", "entries_until", "ahead")
     is_dir = True
 
-    def __init__(self, ino: int, parent: "DirNode | None", name: str, look: Presentation,
+    def __init__(self, ino: int, parent: "DirNode | None", name: str,
                  size: int = 0, mtime: float = 0.0, etag: str | None = None) -> None:
-        super().__init__(ino, parent, name, look, size, mtime, etag)
+        super().__init__(ino, parent, name, size, mtime, etag)
         self.children: dict[str, Node] = {}
         self.listed_until = 0.0   # children is the complete listing until then
         self.entries: list[Node] | None = None  # readdir answer, built lazily
@@ -136,9 +135,11 @@ class DirNode(Node):
         self.ahead = False        # listed ahead of a walk; its subdirectories not queued yet
 
 
-def make_node(ino: int, parent: DirNode | None, name: str, is_dir: bool, look: Presentation,
-              size: int = 0, mtime: float = 0.0, etag: bytes | str | None = None) -> Node:
-    return (DirNode if is_dir else FileNode)(ino, parent, name, look, size, mtime, etag)
+def node_kinds(look: Presentation) -> tuple[type[FileNode], type[DirNode]]:
+    """FileNode and DirNode for one file system, with its Presentation as a class
+    attribute: the same for every inode, so no inode spends a slot on it."""
+    return (type("FileNode", (FileNode,), {"__slots__": (), "look": look}),
+            type("DirNode", (DirNode,), {"__slots__": (), "look": look}))
 
 
 
