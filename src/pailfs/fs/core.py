@@ -287,7 +287,10 @@ class ObjectFileSystem:
             entries = node.entries = list(node.children.values())  # type: ignore[union-attr]
         if node.ahead:  # listed ahead of a walk that has now reached it: go one level further
             node.ahead = False
-            self._loop.call_soon_threadsafe(self._list_ahead, entries)
+            try:
+                self._loop.call_soon_threadsafe(self._list_ahead, entries)
+            except RuntimeError:
+                pass  # the loop is closed: the mount is ending
         return entries
 
     def cached_read(self, ino: int, offset: int, size: int) -> bytes | None:

@@ -21,7 +21,9 @@ Concurrency invariants
 ----------------------
 * Threads: N reader threads (1 by default; a second one did not help the
   8-thread cold workload, the loop does the I/O), the fs's loop thread, and a
-  notifier thread started on the first invalidation.
+  notifier thread started on the first invalidation. A single reader polls
+  the (then non-blocking) device for `poll_us` after an inline answer before
+  sleeping in poll(); several readers always sleep in readv.
 * Cold requests reach the loop by `loop.call_soon_threadsafe(loop.create_task, ...)`
   (half the cost of run_coroutine_threadsafe: no concurrent Future to chain).
 * Every reply is one `os.write` (or `os.writev`) of a complete message; the
