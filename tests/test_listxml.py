@@ -60,28 +60,23 @@ PREFIXED = HEAD + (
     b'<s3:Contents><s3:Key>x</s3:Key><s3:Size>1</s3:Size><s3:ETag>"e"</s3:ETag>'
     b'<s3:LastModified>2020-01-01T00:00:00Z</s3:LastModified></s3:Contents></s3:ListBucketResult>')
 
-CDATA = HEAD + (
-    b'<ListBucketResult ' + NS + b'><IsTruncated>false</IsTruncated>'
-    b'<Contents><Key><![CDATA[a<b]]></Key><Size>1</Size><ETag>"e"</ETag>'
-    b'<LastModified>2020-01-01T00:00:00Z</LastModified></Contents></ListBucketResult>')
 
-NEWLINE_KEY = HEAD + (
-    b'<ListBucketResult ' + NS + b'><IsTruncated>false</IsTruncated>'
-    b'<Contents><Key>line1&#10;line2</Key><Size>1</Size><ETag>"e"</ETag>'
-    b'<LastModified>2020-01-01T00:00:00Z</LastModified></Contents>'
-    b'<Contents><Key>raw\nnewline</Key><Size>2</Size><ETag>"f"</ETag>'
-    b'<LastModified>2020-01-01T00:00:00Z</LastModified></Contents></ListBucketResult>')
+def _page(*entries: bytes) -> bytes:
+    """A whole (untruncated) page whose <Contents> elements hold these entries."""
+    return (HEAD + b'<ListBucketResult ' + NS + b'><IsTruncated>false</IsTruncated>'
+            + b"".join(b"<Contents>" + entry + b"</Contents>" for entry in entries) + b"</ListBucketResult>")
 
-KEY_LOOKS_LIKE_XML = HEAD + (
-    b'<ListBucketResult ' + NS + b'><IsTruncated>false</IsTruncated>'
-    b'<Contents><Key>&lt;Contents>&lt;Key>x&lt;/Key></Key><Size>1</Size><ETag>"e"</ETag>'
-    b'<LastModified>2020-01-01T00:00:00Z</LastModified></Contents></ListBucketResult>')
 
-MISSING_ETAG = HEAD + (
-    b'<ListBucketResult ' + NS + b'><IsTruncated>false</IsTruncated>'
-    b'<Contents><Key>a</Key><Size>1</Size><LastModified>2020-01-01T00:00:00Z</LastModified></Contents>'
-    b'<Contents><Key>b</Key><Size>2</Size><ETag>"f"</ETag>'
-    b'<LastModified>2020-01-01T00:00:00Z</LastModified></Contents></ListBucketResult>')
+def _entry(key: bytes, size: int = 1, etag: bytes | None = b'"e"') -> bytes:
+    return (b"<Key>" + key + b"</Key><Size>%d</Size>" % size
+            + (b"<ETag>" + etag + b"</ETag>" if etag is not None else b"")
+            + b"<LastModified>2020-01-01T00:00:00Z</LastModified>")
+
+
+CDATA = _page(_entry(b"<![CDATA[a<b]]>"))
+NEWLINE_KEY = _page(_entry(b"line1&#10;line2"), _entry(b"raw\nnewline", 2, b'"f"'))
+KEY_LOOKS_LIKE_XML = _page(_entry(b"&lt;Contents>&lt;Key>x&lt;/Key>"))
+MISSING_ETAG = _page(_entry(b"a", etag=None), _entry(b"b", 2, b'"f"'))
 
 
 def test_a_seaweedfs_page_takes_the_fast_path_and_decodes_every_field():

@@ -865,4 +865,3 @@ class ObjectFileSystem:
         for pf in self._prefetchers.values():
             pf.close()
         self._prefetchers.clear()
-

@@ -142,7 +142,6 @@ def node_kinds(look: Presentation) -> tuple[type[FileNode], type[DirNode]]:
             type("DirNode", (DirNode,), {"__slots__": (), "look": look}))
 
 
-
 class InodeTable:
     """ino -> node as a list indexed by the inode number: one 8-byte slot an inode,
     where a dict costs about 50 bytes an entry. Numbers are never reused (a node

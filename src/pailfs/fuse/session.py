@@ -255,24 +255,15 @@ class FuseSession:
     @staticmethod
     def _read_polling(fd: int, bufs: list, spin: float, waiter: Any) -> int:
         """readv on the non-blocking device: retried for `spin` seconds, then asleep in poll."""
-        try:
-            return os.readv(fd, bufs)
-        except BlockingIOError:
-            pass
-        if spin:
-            clock = time.perf_counter
-            end = clock() + spin
-            while clock() < end:
-                try:
-                    return os.readv(fd, bufs)
-                except BlockingIOError:
-                    pass
+        clock = time.perf_counter
+        end = clock() + spin
         while True:
-            waiter.poll()  # returns at once with POLLERR once the connection is gone: readv says ENODEV
             try:
                 return os.readv(fd, bufs)
             except BlockingIOError:
                 pass
+            if clock() >= end:
+                waiter.poll()  # returns at once with POLLERR once the connection is gone: readv says ENODEV
 
     # ------------------------------------------------------------------ replies
     def _send(self, data: bytes) -> bool:
