@@ -5,13 +5,38 @@ from __future__ import annotations
 import os
 
 
-def pid_running(pid: int) -> bool:
-    """True while pid runs; a zombie waiting for its reaper has finished."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (field 3 onwards), or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return False
+        return None
+
+
+def pid_running(pid: int) -> bool:
+    """True while pid runs; a zombie waiting for its reaper has finished."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] != "Z"
+
+
+def start_time(pid: int) -> int | None:
+    """When pid started (clock ticks since boot), or None: with the pid, it names one
+    process for good — a pid reused by a later process has another start time."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields else None  # field 22 of stat(5)
+    except (IndexError, ValueError):
+        return None
+
+
+def argv_of(pid: int) -> list[str] | None:
+    """The command line of pid, or None when it is gone (or not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return None
 
 
 def pids_with_argument(path: str, *, words: tuple[str, ...] = ()) -> list[int]:
@@ -22,12 +47,8 @@ def pids_with_argument(path: str, *, words: tuple[str, ...] = ()) -> list[int]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-        except OSError:
-            continue
-        if not all(w in argv for w in words):
+        argv = argv_of(int(entry.name))
+        if argv is None or not all(w in argv for w in words):
             continue
         if any(a == path or (a.startswith("/") and os.path.realpath(a) == target) for a in argv) \
                 and pid_running(int(entry.name)):
