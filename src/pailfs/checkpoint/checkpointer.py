@@ -51,6 +51,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Any, Coroutine, Mapping, TypeVar
 
 from pailfs.checkpoint.manifest import (
@@ -627,9 +628,24 @@ class Checkpointer:
                                   f"(manifest {entry.sha256[:12]}..., store {h.hexdigest()[:12]}...)")
         return b"".join(parts) if sink is None else None
 
+    async def _check_sizes(self, info: CheckpointInfo) -> None:
+        """The manifest is untrusted: before anything is planned or written, each file
+        must exist in the store with the size the manifest claims (one LIST)."""
+        prefix = step_prefix(info.step)
+        stored = {o.key[len(prefix):]: o.size for o in (await self.store.list(prefix)).objects}
+        for entry in info.files:
+            size = stored.get(entry.name)
+            if size is None:
+                raise CheckpointError(f"checkpoint step {info.step} is damaged: {entry.name} is missing from the store")
+            if size != entry.size:
+                raise CheckpointError(f"checkpoint step {info.step} is damaged: {entry.name} is {size} bytes "
+                                      f"in the store, the manifest says {entry.size}")
+
     async def _fetch_all(self, info: CheckpointInfo, root: Path | None) -> None:
+        """Download and check every file (into `root`, or only check them)."""
         assert self._file_sem is not None
         sem = self._file_sem
+        await self._check_sizes(info)
 
         async def one(entry: FileEntry) -> None:
             async with sem:
@@ -651,26 +667,33 @@ class Checkpointer:
             raise failed[0].exception()  # type: ignore[misc]
 
     async def _restore(self, dest: Path, step: int | None) -> CheckpointInfo:
+        """All or nothing: every file is downloaded and verified into a temporary
+        directory beside `dest` first; then the directory becomes `dest`, or (dest
+        exists) the files are moved in, and put back as they were if a move fails.
+        A checkpoint that does not fit `dest` (a file where a directory is, or the
+        reverse) is refused before anything is written."""
         info = await self._manifest(step)
-        if dest.exists() and not dest.is_dir():
-            raise CheckpointError(f"restore destination exists and is not a directory: {dest}")
-        base = dest if dest.is_dir() else dest.parent
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = base / f".pailfs-restore-{uuid.uuid4().hex[:12]}"
-        tmp.mkdir()  # not mkdtemp: the directory may become dest, so it keeps the umask's mode
+        existing = _check_restore_target(dest, info)
         try:
-            await self._fetch_all(info, tmp)
-            # every file is verified before anything appears in dest
-            if not dest.exists():
-                os.rename(tmp, dest)
+            base = dest if existing else dest.parent
+            base.mkdir(parents=True, exist_ok=True)
+            tmp = base / f".pailfs-restore-{uuid.uuid4().hex[:12]}"
+            # not mkdtemp: the new tree may become dest, so it keeps the umask's mode
+            tmp.mkdir()
+        except OSError as exc:
+            raise CheckpointError(f"cannot restore into {dest}: {_os_reason(exc)}") from None
+        try:
+            staged = tmp / "files"
+            staged.mkdir()
+            await self._fetch_all(info, staged)
+            if existing:
+                await self._loop.io(_move_in, staged, dest, [e.name for e in info.files], tmp / "replaced")
             else:
-                for entry in info.files:
-                    target = dest / entry.name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(tmp / entry.name, target)
+                os.rename(staged, dest)
+        except OSError as exc:
+            raise CheckpointError(f"cannot restore into {dest} (nothing was changed): {_os_reason(exc)}") from None
         finally:
-            if tmp.exists():
-                await self._loop.io(shutil.rmtree, tmp, True)
+            await self._loop.io(shutil.rmtree, tmp, True)  # ours: made above with a new name
         log.info("restored checkpoint step %d (%d files, %d bytes) into %s",
                  info.step, len(info.files), info.size, dest)
         return info
@@ -684,6 +707,7 @@ class Checkpointer:
         info = await self._manifest(step)
         for entry in info.files:
             if entry.name == name:
+                await self._check_sizes(CheckpointInfo(info.step, info.time, (entry,)))
                 data = await self._fetch(info.step, entry, None)
                 assert data is not None
                 return data
@@ -906,6 +930,86 @@ def _stale_uploads(xml: bytes, root: str, before: float) -> list[tuple[str, str]
         if when <= before:
             out.append((key, upload_id))
     return out
+
+
+def _os_reason(exc: OSError) -> str:
+    return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+
+
+def _check_restore_target(dest: Path, info: CheckpointInfo) -> bool:
+    """Refuse (CheckpointError) a restore that would have to replace a directory by a
+    file or a file by a directory, or write through a symbolic link. Returns whether
+    dest exists."""
+    try:
+        st = dest.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise CheckpointError(f"cannot restore into {dest}: {_os_reason(exc)}") from None
+    if not S_ISDIR(st.st_mode):
+        raise CheckpointError(f"restore destination exists and is not a directory: {dest}")
+    for entry in info.files:
+        parts = entry.name.split("/")
+        path = dest
+        for i, part in enumerate(parts):
+            path = path / part
+            try:
+                mode = path.lstat().st_mode
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                raise CheckpointError(f"cannot restore into {dest}: {_os_reason(exc)}") from None
+            last = i == len(parts) - 1
+            where = "/".join(parts[:i + 1])
+            if S_ISLNK(mode) and not last:
+                problem = f"{where} is a symbolic link (restore does not write through links)"
+            elif last and S_ISDIR(mode):
+                problem = f"{where} is a directory, the checkpoint has a file of that name"
+            elif last and not (S_ISREG(mode) or S_ISLNK(mode)):
+                problem = f"{where} is not a regular file"
+            elif not last and not S_ISDIR(mode):
+                problem = f"{where} is a file, the checkpoint needs a directory of that name"
+            else:
+                continue
+            raise CheckpointError(f"cannot restore step {info.step} into {dest}: {problem}; nothing was written")
+    return True
+
+
+def _move_in(staged: Path, dest: Path, names: list[str], replaced: Path) -> None:
+    """Move verified files into an existing dest; on a failure put everything back
+    (the replaced files were hard-linked aside first) and re-raise."""
+    replaced.mkdir()
+    done: list[tuple[Path, Path | None, list[Path]]] = []  # (target, old file kept aside, dirs made)
+    try:
+        for i, name in enumerate(names):
+            target = dest / name
+            made = []
+            for parent in reversed(target.relative_to(dest).parents[:-1]):
+                d = dest / parent
+                if not d.exists():
+                    d.mkdir()
+                    made.append(d)
+            kept = None
+            if os.path.lexists(target):
+                kept = replaced / str(i)
+                try:
+                    os.link(target, kept, follow_symlinks=False)
+                except OSError:
+                    os.rename(target, kept)  # no hard links here: a moment without the file
+            done.append((target, kept, made))
+            os.replace(staged / name, target)
+    except BaseException:
+        for target, kept, made in reversed(done):
+            try:
+                if kept is not None:
+                    os.replace(kept, target)
+                elif os.path.lexists(target):
+                    os.unlink(target)
+                for d in reversed(made):
+                    d.rmdir()
+            except OSError as exc:
+                log.error("restore: could not put %s back: %s", target, exc)
+        raise
 
 
 def _torch():

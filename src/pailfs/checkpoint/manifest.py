@@ -22,6 +22,9 @@ FORMAT = "pailfs-checkpoint"
 VERSION = 1
 
 _STEP_DIR = re.compile(r"^(\d+)/")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_NAME_BYTES = 255  # one path component, as local file systems allow
 
 
 def step_prefix(step: int) -> str:
@@ -39,18 +42,38 @@ def step_of_key(key: str) -> int | None:
 
 
 def check_name(name: str) -> str:
-    """A file name inside a checkpoint: relative, '/'-separated, no '.'/'..' parts.
+    """A file name inside a checkpoint: relative, '/'-separated, no '.'/'..' parts,
+    no control characters, UTF-8, components of at most 255 bytes.
 
     Checked on save and again on restore, so a crafted manifest cannot write
     outside the restore directory.
     """
     parts = name.split("/")
-    if (not name or name.startswith("/") or "\\" in name or "\x00" in name
+    if (not name or name.startswith("/") or "\\" in name or _CONTROL.search(name)
             or any(p in ("", ".", "..") for p in parts)):
         raise CheckpointError(f"bad file name in checkpoint: {name!r}")
+    try:
+        too_long = any(len(p.encode()) > MAX_NAME_BYTES for p in parts)
+    except UnicodeEncodeError:
+        raise CheckpointError(f"bad file name in checkpoint: {name!r} is not valid UTF-8") from None
+    if too_long:
+        raise CheckpointError(f"bad file name in checkpoint: {name!r} has a part of more than {MAX_NAME_BYTES} bytes")
     if name == MANIFEST_NAME:
         raise CheckpointError(f"{MANIFEST_NAME!r} is reserved for the checkpoint manifest")
     return name
+
+
+def check_names_fit(names: list[str]) -> None:
+    """No name twice, and no name that another one needs as a directory ('a', 'a/b')."""
+    files: set[str] = set()
+    dirs: set[str] = set()
+    for name in names:
+        parts = name.split("/")
+        parents = {"/".join(parts[:i]) for i in range(1, len(parts))}
+        if name in files or name in dirs or parents & files:
+            raise CheckpointError(f"file name {name!r} clashes with another file of the checkpoint")
+        files.add(name)
+        dirs |= parents
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +110,43 @@ class CheckpointInfo:
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> "CheckpointInfo":
+        """Parse a manifest read from the store: untrusted input, every field is checked
+        (sizes are integers >= 0, checksums 64 hex digits, names safe and distinct)."""
         try:
             doc = json.loads(data)
-            if doc.get("format") != FORMAT:
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
                 raise ValueError("not a pailfs checkpoint manifest")
             if int(doc["version"]) > VERSION:
                 raise ValueError(f"manifest version {doc['version']} is newer than this pailfs understands")
-            files = tuple(FileEntry(check_name(str(f["name"])), int(f["size"]), str(f["sha256"]))
-                          for f in doc["files"])
-            return cls(int(doc["step"]), float(doc["time"]), files, dict(doc.get("metadata") or {}))
-        except CheckpointError:
-            raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            if not isinstance(doc["files"], list):
+                raise ValueError("'files' is not a list")
+            files = tuple(_file_entry(f) for f in doc["files"])
+            check_names_fit([f.name for f in files])
+            metadata = doc.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise ValueError("'metadata' is not an object")
+            step = doc["step"]
+            if not _is_int(step) or step < 0:
+                raise ValueError(f"bad step {step!r}")
+            return cls(step, float(doc["time"]), files, metadata)
+        except CheckpointError as exc:
+            raise CheckpointError(f"unsafe checkpoint manifest {where}: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise CheckpointError(f"unreadable checkpoint manifest {where}: {exc}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _file_entry(doc: Any) -> FileEntry:
+    if not isinstance(doc, dict):
+        raise ValueError("a file entry is not an object")
+    name, size, digest = doc["name"], doc["size"], doc["sha256"]
+    if not isinstance(name, str):
+        raise ValueError(f"file name {name!r} is not a string")
+    if not _is_int(size) or size < 0:
+        raise ValueError(f"bad size {size!r} for {name!r}")
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise ValueError(f"bad sha256 for {name!r}")
+    return FileEntry(check_name(name), size, digest)
