@@ -85,6 +85,60 @@ def _text(text: str) -> str:
     return text
 
 
+def _endpoint(text: str) -> str:
+    """http(s)://host[:port][/path]: checked here so that a typo is one line, not
+    urllib's ValueError from deep inside the store."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError for a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http://HOST[:PORT] or https://HOST[:PORT]")
+    if port == 0 or any(ord(c) < 0x21 for c in text):
+        raise ValueError("expected http://HOST[:PORT] or https://HOST[:PORT]")
+    return text
+
+
+def _first_existing(path: str) -> str:
+    """The nearest ancestor of path that exists (path itself if it does)."""
+    current = os.path.abspath(path)
+    while not os.path.lexists(current):
+        current = os.path.dirname(current)
+    return current
+
+
+def _local_dir(text: str) -> str:
+    """A directory pailfs creates if missing: nothing on the way may be a file.
+    Checked when the options are parsed, so a mount fails before it detaches."""
+    if not text or "\0" in text:
+        raise ValueError("must be a directory path")
+    existing = _first_existing(text)
+    if not os.path.isdir(existing):
+        what = "is not a directory" if existing == os.path.abspath(text) else f"is under {existing}, which is not a directory"
+        raise ValueError(f"{text} {what}")
+    if existing == os.path.abspath(text) and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{text} is not writable")
+    return text
+
+
+def _local_file(text: str) -> str:
+    """A file pailfs appends to (created if missing, in an existing directory)."""
+    if not text or "\0" in text:
+        raise ValueError("must be a file path")
+    path = os.path.abspath(text)
+    if os.path.isdir(path):
+        raise ValueError(f"{text} is a directory")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise ValueError(f"directory {parent} does not exist")
+    if not os.access(path if os.path.exists(path) else parent, os.W_OK):
+        raise ValueError(f"{text} is not writable")
+    return text
+
+
 @dataclass(frozen=True)
 class Option:
     """One user-facing option: its name, how to parse it, its default, its help."""
@@ -106,7 +160,7 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("url", _text, None, "Endpoint of the object store, e.g. http://127.0.0.1:8333 or https://oss-cn-beijing.aliyuncs.com.",
+    Option("url", _endpoint, None, "Endpoint of the object store, e.g. http://127.0.0.1:8333 or https://oss-cn-beijing.aliyuncs.com.",
            env=("PAILFS_ENDPOINT", "URL"), unit="URL"),
     Option("region", _text, "us-east-1", "Signing region (S3 SigV4).", env=("PAILFS_REGION", "AWS_REGION"), unit="NAME"),
     Option("use_path_request_style", _parse_bool, True, "Address buckets as http://host/bucket (path style); off = virtual-hosted style.", kind="flag"),
@@ -128,7 +182,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("mp_umask", _parse_octal, None, "umask of the mount point directory itself.", unit="OCTAL"),
     Option("allow_other", _parse_bool, False, "Let other users see the mount (FUSE allow_other).", kind="flag"),
     Option("nonempty", _parse_bool, False, "Allow mounting over a non-empty directory.", kind="flag"),
-    Option("use_cache", _text, None, "Directory for the disk data cache (keyed by key + ETag; survives remount).", unit="DIR", local_path=True),
+    Option("use_cache", _local_dir, None, "Directory for the disk data cache (keyed by key + ETag; survives remount).", unit="DIR", local_path=True),
     Option("max_cache_size", _pos_int, 10240, "Upper bound of the disk data cache.", unit="MB"),
     Option("multipart_size", _pos_int, 10, "Part size for multipart uploads and parallel downloads.", unit="MB"),
     Option("readahead_max", _pos_int, 64, "Largest sequential readahead window of one open file.", unit="MB"),
@@ -142,13 +196,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("connect_timeout", _seconds, 10.0, "Seconds to wait for a TCP connection to the store.", unit="SECONDS"),
     Option("readwrite_timeout", _seconds, 60.0, "Seconds one store request may take before it fails (EIO in a mount).", unit="SECONDS"),
     Option("retries", _nonneg_int, 3, "Retries of a failed store request (with backoff) before giving up.", unit="N"),
-    Option("staging_dir", _text, None, "Where writes are staged before upload (rw mounts). Default: a private temp dir.", unit="DIR", local_path=True),
+    Option("staging_dir", _local_dir, None, "Where writes are staged before upload (rw mounts). Default: a private temp dir.", unit="DIR", local_path=True),
     Option("ensure_diskfree", _nonneg_int, 0, "Keep this much disk free in staging_dir; writes fail with ENOSPC beyond.", unit="MB"),
     Option("max_dirty_data", _pos_int, 5120, "Dirty data of one file that forces an early upload.", unit="MB"),
     Option("dir_rename_limit", _nonneg_int, 10000, "Most objects a directory rename may copy (0 = no directory renames).", unit="N"),
     Option("nodelete", _parse_bool, False, "Refuse unlink, rmdir and overwriting renames with EPERM; new files are still allowed.", kind="flag"),
     Option("debug", _parse_bool, False, "Log every FUSE request (slow).", kind="flag"),
-    Option("logfile", _text, None, "Write the mount's log here (default: syslog-less stderr, kept when -f).", unit="FILE", local_path=True),
+    Option("logfile", _local_file, None, "Write the mount's log here (default: syslog-less stderr, kept when -f).", unit="FILE", local_path=True),
 )
 
 # Generic mount(8) flags that fstab and `mount -t fuse.pailfs` pass along; accepted
@@ -240,12 +294,19 @@ def parse_options(specs: list[str] | tuple[str, ...] = (), *, env: dict[str, str
     return Options(values)
 
 
+def parse_value(name: str, raw: str, given_as: str | None = None) -> Any:
+    """One option's value given outside `-o` (e.g. `--endpoint URL` is url=URL);
+    BadOption names it as the user wrote it."""
+    return _parse_one(_BY_NAME[name], given_as or name, raw)
+
+
 def _parse_one(opt: Option, given_name: str, raw: str) -> Any:
     try:
         return opt.parse(raw.strip())
     except ValueError as exc:
         reason = str(exc) if "invalid literal" not in str(exc) else "not a valid number"
-        raise BadOption(f"bad value for option '{given_name}': {raw!r} ({reason})") from None
+        what = given_name if given_name.startswith("-") else f"option '{given_name}'"
+        raise BadOption(f"bad value for {what}: {raw!r} ({reason})") from None
 
 
 def options_markdown() -> str:

@@ -10,6 +10,12 @@ import typer
 
 from pailfs.errors import PailfsError
 
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on click
+    from click.exceptions import ClickException, UsageError
+    NoArgsIsHelpError = ()  # type: ignore[assignment,misc]
+
 app = typer.Typer(
     name="pailfs",
     help="Read-write separation for ML jobs on object storage: cached read-only FUSE mounts, "
@@ -40,16 +46,48 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         try:
-            app()
+            code = app(standalone_mode=False)
+        except NoArgsIsHelpError as exc:
+            typer.echo(exc.format_message(), err=True)  # `pailfs server`: the group's help
+            sys.exit(2)
+        except UsageError as exc:
+            # a usage error is bad input like any other: one line, not a framed box
+            typer.echo(f"pailfs: {_one_line(exc.format_message())} (see: {_command_of(exc.ctx)} --help)", err=True)
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            typer.echo(f"pailfs: {_one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("pailfs: interrupted", err=True)
+            sys.exit(130)
         except PailfsError as exc:
-            typer.echo(f"pailfs: {exc}", err=True)
+            typer.echo(f"pailfs: {_one_line(str(exc))}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            # a local path that cannot be used (a directory given as a file, /proc...)
+            where = f": {exc.filename}" if exc.filename else ""
+            typer.echo(f"pailfs: {_one_line(f'{exc.strerror or exc}{where}')}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             typer.echo("pailfs: interrupted", err=True)
             sys.exit(130)
+        sys.exit(code if type(code) is int else 0)  # Exit(n) comes back as n; a command's None as None
     except SystemExit as exc:
         _exit(exc.code)
-    _exit(0)
+
+
+def _command_of(ctx) -> str:  # noqa: ANN001 - a click Context or None
+    """`pailfs server start`, whatever name the program was started by (`python -m pailfs`)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["pailfs", *reversed(names)])
+
+
+def _one_line(text: str) -> str:
+    """Messages may carry user input: no newline or other control character reaches the terminal."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in " ".join(text.split()))
 
 
 def _exit(code: int | str | None) -> None:

@@ -168,8 +168,14 @@ def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_f
 @app.command(help="Unmount a pailfs mount (also a dead one: 'Transport endpoint is not connected').")
 def umount(mountpoint: Path = typer.Argument(...),
            lazy: bool = typer.Option(False, "-l", "--lazy", help="Detach now, clean up when no longer busy.")) -> None:
-    from pailfs.fuse import unmount
+    from pailfs.fuse import find_mount, unmount
 
+    # only a pailfs mount, live or dead: its mountinfo line survives the daemon
+    info = find_mount(str(mountpoint))
+    if info is None:
+        raise MountError(f"{mountpoint} is not mounted")
+    if info.fstype != "fuse.pailfs":
+        raise MountError(f"{mountpoint} is not a pailfs mount (it is {info.fstype}); not unmounting it")
     serving = pids_with_argument(str(mountpoint), words=("mount", "-f"))
     unmount(str(mountpoint), lazy=lazy)
     # return once the mount process has finished (its last uploads included)
