@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 BIND = "127.0.0.1"
 REGION = "us-east-1"
 MARKER = ".pailfs-server"  # in a data dir pailfs created or adopted
+_IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 MARKER_TEXT = "a SeaweedFS data dir of pailfs (pailfs server start)\n"
 
 
@@ -85,9 +87,14 @@ def check_bucket_name(name: str) -> str:
     with a bare HTTP 400)."""
     try:
         check_bucket(name, name)
+        reserved = (name.startswith(("xn--", "sthree-")) or name.endswith(("-s3alias", "--ol-s3"))
+                    or _IPV4.match(name) is not None)
     except BadOption:
+        reserved = True
+    if reserved:
         raise BadOption(f"bucket name {name!r} is not valid: S3 bucket names are 3-63 characters of "
-                        "lower-case letters, digits, '-' and '.', and start and end with a letter or digit") from None
+                        "lower-case letters, digits, '-' and '.', start and end with a letter or digit, "
+                        "and are not an IP address nor start with 'xn--' or end with '-s3alias'") from None
     return name
 
 
