@@ -117,13 +117,8 @@ def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_f
             store = open_store(source, opts)
             on_loop(store.check(), timeout=opts.connect_timeout + opts.readwrite_timeout + 5)
 
-            async def build():
-                fs = ObjectFileSystem(store, opts)
-                fs.attach_loop(asyncio.get_running_loop())
-                if opts.use_cache:
-                    from pailfs.cache.disk import DiskCache
-                    fs.disk_cache = DiskCache(opts.use_cache, opts.max_cache_size * 1024 * 1024)
-                return fs
+            async def build():  # on the loop: the fs's asyncio objects belong to it
+                return ObjectFileSystem(store, opts)
 
             fs = on_loop(build())
             server = FuseServer(fs, str(mountpoint), loop=loop, fs_name=source, read_only=opts.read_only,
