@@ -90,7 +90,7 @@ class ObjectReader:
         key, etag = node.key(), node.etag
         data = None
         if self.disk_cache is not None:
-            data = self.disk_cache.get(key, etag)
+            data = await self.disk_cache.get(key, etag)
         if data is None:
             self.memory.misses += 1
             # a range one byte past the listed size: one request that still shows growth
@@ -106,7 +106,7 @@ class ObjectReader:
 
     async def _get_range(self, key: str, etag: str | None, start: int, end: int) -> memoryview:
         if self.disk_cache is not None:
-            cached = self.disk_cache.get_range(key, etag, start, end)
+            cached = await self.disk_cache.get_range(key, etag, start, end)
             if cached is not None:
                 return memoryview(cached)
         data = await self.store.get_buffer(key, start, end)
@@ -135,3 +135,5 @@ class ObjectReader:
         for pf in self._prefetchers.values():
             pf.close()
         self._prefetchers.clear()
+        if self.disk_cache is not None:
+            self.disk_cache.close()
