@@ -7,9 +7,8 @@ What the CLI calls::
     # SIGTERM/SIGINT handler (any thread):  server.stop()
     server.serve(ready_callback=...)   # blocks: mount, serve, always unmount
 
-`loop` is the asyncio loop the fs's coroutines run on: if it is not running,
-serve() runs it in a thread of its own for the life of the mount and stops it
-at the end; if it is already running in another thread, serve() just uses it.
+`loop` is the running asyncio loop (in another thread) the fs's coroutines run
+on; without one, serve() runs a loop of its own for the life of the mount.
 
 serve() returns when the kernel ends the connection (`umount`, `fusermount3
 -u`, `umount -l` once the last file closes) or after stop(). The mount is
@@ -24,6 +23,7 @@ import os
 import threading
 from typing import Callable
 
+from pailfs.aio import LoopThread
 from pailfs.errors import MountError
 from pailfs.fs.types import FileSystemOps
 from pailfs.fuse import mount as _mount
@@ -68,13 +68,12 @@ class FuseServer:
     # ------------------------------------------------------------------ public
     def serve(self, ready_callback: Callable[[], None] | None = None) -> None:
         """Mount, serve until the connection ends, unmount. Raises MountError."""
-        loop, own_loop_thread = self._loop()
+        own_loop = LoopThread("pailfs-loop") if self.loop is None else None
         try:
-            self._serve(loop, ready_callback)
+            self._serve(self.loop or own_loop.loop, ready_callback)  # type: ignore[union-attr]
         finally:
-            if own_loop_thread is not None:
-                loop.call_soon_threadsafe(loop.stop)
-                own_loop_thread.join(5)
+            if own_loop is not None:
+                own_loop.stop(timeout=5)
 
     def stop(self) -> None:
         """Unmount and end serve() (thread-safe, idempotent; never blocks on the mount)."""
@@ -84,15 +83,6 @@ class FuseServer:
         threading.Thread(target=self._unmount_quietly, name="pailfs-unmount", daemon=True).start()
 
     # ------------------------------------------------------------------ internals
-    def _loop(self) -> tuple[asyncio.AbstractEventLoop, threading.Thread | None]:
-        loop = self.loop or asyncio.new_event_loop()
-        self.loop = loop
-        if loop.is_running():
-            return loop, None
-        thread = threading.Thread(target=loop.run_forever, name="pailfs-loop", daemon=True)
-        thread.start()
-        return loop, thread
-
     def _serve(self, loop: asyncio.AbstractEventLoop, ready_callback: Callable[[], None] | None) -> None:
         fd = _mount.mount(self.mountpoint, **self.mount_options)
         info = find_mount(self.mountpoint)
