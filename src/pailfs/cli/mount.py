@@ -23,7 +23,7 @@ import typer
 
 from pailfs import config
 from pailfs.aio import LoopThread
-from pailfs.cli import app
+from pailfs.cli.app import app
 from pailfs.errors import MountError, PailfsError
 from pailfs.procs import pid_running, pids_with_argument
 
