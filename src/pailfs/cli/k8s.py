@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from pailfs.cli import app
+from pailfs.cli.app import app
 from pailfs.csi import DEFAULT_MOUNT_TIMEOUT, DEFAULT_STATE_DIR
 from pailfs.k8s.manifests import DEFAULT_OTHER_OPTS, REGISTRAR_IMAGE, PatternSpec, driver_manifests, \
     pattern_manifests, to_yaml
@@ -43,7 +43,7 @@ def manifests(
     if from_env:
         ak_id, ak_secret = os.environ.get("OSS_ACCESS_KEY_ID"), os.environ.get("OSS_ACCESS_KEY_SECRET")
         if not ak_id or not ak_secret:
-            from pailfs.cli import fail  # defined after the command modules are imported
+            from pailfs.cli.app import fail
 
             raise fail("--from-env needs OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET in the environment")
     spec = PatternSpec(bucket=bucket, url=url, data_path=data_path, checkpoint_prefix=checkpoint_prefix,
