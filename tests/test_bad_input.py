@@ -324,3 +324,112 @@ def test_full_staging_disk_is_enospc_not_a_partial_object(bucket, s3_env, tmp_pa
         assert info.value.errno == errno.ENOSPC
     assert get_object(url, "model.bin") == b"old model"
     assert hashlib.sha256(get_object(url, "model.bin")).hexdigest()
+
+
+# ==================================================================================
+# one line, never a traceback: the sweep of every command (#14.13)
+# ==================================================================================
+@pytest.mark.parametrize("option, reason", [
+    ("logfile=/nonexistent/x", "directory /nonexistent does not exist"),
+    ("logfile={tmp}", "is a directory"),
+    ("staging_dir={file}", "is not a directory"),
+    ("use_cache={file}/sub", "which is not a directory"),
+    ("url=http://[::1", "Invalid IPv6 URL"),
+    ("url=http://127.0.0.1:99999", "Port out of range"),
+    ("url=ftp://host", "expected http://HOST[:PORT]"),
+])
+def test_mount_options_used_later_fail_before_the_mount_detaches(option, reason, bucket, s3_env, tmp_path):
+    """logfile, staging_dir and use_cache are only used once the mount runs: a bad one
+    was a traceback (logfile) or a raw FileExistsError / ValueError after the fork."""
+    from pailfs.procs import pids_with_argument
+
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"x")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    spec = option.format(tmp=tmp_path, file=afile)
+    line = one_line_error(pailfs("mount", bucket, str(mnt), "-o", spec, timeout=60))
+    assert "bad value for option" in line and reason in line
+    assert not is_mounted(mnt) and not pids_with_argument(str(mnt), words=("mount", "-f"))
+    assert afile.read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("args", [
+    ["server", "start", "--port", "http"],
+    ["server", "start", "--port", "99999"],
+    ["cp", "-j", "0", "a", "s3://b/k"],
+    ["ckpt", "latest"],
+    ["ckpt", "prune", "s3://bucket/x", "--keep", "-1"],
+    ["k8s", "manifests", "--bucket", "b"],
+    ["bench", "--latency-ms", "-1"],
+    ["warmup"],
+    ["stats", "--no-such-flag", "/mnt"],
+    ["mount", "bucket"],
+    ["umount"],
+    ["no-such-command"],
+    ["ls", "-o"],
+    ["demo", "--epochs", "0"],
+])
+def test_usage_errors_of_every_command_are_one_line(args, tmp_path):
+    """Typer's usage errors were a framed box of 5+ lines on stderr."""
+    proc = pailfs(*args, "--data-dir", str(tmp_path / "srv")) if args[:2] == ["server", "start"] else pailfs(*args)
+    err = proc.stderr.decode()
+    lines = err.strip().splitlines()
+    assert proc.returncode in (1, 2) and len(lines) == 1 and lines[0].startswith("pailfs: "), err
+    assert "Traceback" not in err
+
+
+def test_local_paths_that_cannot_be_written_are_one_line(bucket, s3_env, tmp_path):
+    """/proc/x: a directory that exists and cannot hold anything; `ckpt restore` died
+    with a traceback (FileNotFoundError from mkdir)."""
+    from pailfs import Checkpointer
+
+    url = f"s3://{bucket}"
+    put_objects(url, {"dir/f.bin": b"data"})
+    with Checkpointer(f"{url}/ckpt") as ck:
+        ck.save(1, {"w.bin": b"weights"})
+    for args in (["ckpt", "restore", f"{url}/ckpt", "/proc/x"], ["cp", f"{url}/dir/f.bin", "/proc/x"],
+                 ["cp", "-r", f"{url}/dir", "/proc/x"], ["demo", "--out", "/proc/x/out"]):
+        line = one_line_error(pailfs(*args, timeout=60))
+        assert "/proc/x" in line and "No such file or directory" in line, (args, line)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--bucket", "ml"], "bucket name 'ml' must be 3-63"),
+    (["--url", "http://[::1"], "bad value for --url"),
+    (["--command", "python 'train.py"], "bad value for --command"),
+])
+def test_k8s_manifests_refuse_bad_values(args, expected):
+    base = {"--bucket": "tf-bucket", "--url": "https://oss-cn-beijing.aliyuncs.com", "--data-path": "/train/data",
+            "--checkpoint-prefix": "logs", "--image": "trainer:1"}
+    base.update(dict(zip(args[::2], args[1::2])))
+    proc = pailfs("k8s", "manifests", *[x for kv in base.items() for x in kv])
+    assert expected in one_line_error(proc)
+    assert proc.stdout == b""
+
+
+def test_endpoint_flag_is_checked_like_the_url_option(s3_env):
+    line = one_line_error(pailfs("ls", "s3://bucket", "--endpoint", "http://[::1"))
+    assert "bad value for --endpoint" in line and "Invalid IPv6 URL" in line
+
+
+# ==================================================================================
+# umount unmounts only pailfs mounts (#14.7)
+# ==================================================================================
+def test_umount_refuses_what_is_not_a_pailfs_mount(tmp_path):
+    import subprocess
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert "is not mounted" in one_line_error(pailfs("umount", str(plain)))
+    other = tmp_path / "tmpfs"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "pailfs-test-tmpfs", str(other)], check=True)
+    try:
+        (other / "theirs.txt").write_text("someone else's mount")
+        for args in (["umount", str(other)], ["umount", "-l", str(other)]):
+            line = one_line_error(pailfs(*args))
+            assert "is not a pailfs mount (it is tmpfs)" in line
+            assert is_mounted(other) and (other / "theirs.txt").read_text() == "someone else's mount"
+    finally:
+        subprocess.run(["umount", str(other)], check=True)

@@ -37,6 +37,7 @@ def demo(endpoint: Optional[str] = typer.Option(
 
     if epochs is None:
         epochs = QUICK_EPOCHS if quick else DEFAULT_EPOCHS
+    out.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after the training
     # a pipe gets a wide console so the tables are not squeezed into 80 columns
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
     previous = signal.signal(signal.SIGTERM, _interrupt)

@@ -46,10 +46,19 @@ def manifests(
             from pailfs.cli.app import fail
 
             raise fail("--from-env needs OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET in the environment")
+    from pailfs.config import parse_value
+    from pailfs.errors import BadOption
+    from pailfs.store.url import check_bucket
+
+    check_bucket(bucket, f"s3://{bucket}")  # bad input is one line here, not a Pod that never mounts
+    url = parse_value("url", url, "--url")
+    try:
+        argv = shlex.split(command) if command else []
+    except ValueError as exc:
+        raise BadOption(f"bad value for --command: {command!r} ({exc})") from None
     spec = PatternSpec(bucket=bucket, url=url, data_path=data_path, checkpoint_prefix=checkpoint_prefix,
                        image=image, namespace=namespace, name=name, other_opts=other_opts,
-                       mount_path=mount_path, command=shlex.split(command) if command else [],
-                       ak_id=ak_id, ak_secret=ak_secret)
+                       mount_path=mount_path, command=argv, ak_id=ak_id, ak_secret=ak_secret)
     typer.echo(to_yaml(pattern_manifests(spec)), nl=False)
 
 
