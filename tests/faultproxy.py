@@ -22,6 +22,8 @@ fires the proxy goes back to pass-through):
 * `error(status, code)`: answer with an S3 XML error body and
   `Connection: close`, without asking the server;
 * `blackhole()`: read the request and never answer.
+* `rename_listed(renames)`: LIST answers show the keys of `renames` under other
+  names (hostile keys SeaweedFS itself would never store: `..`, `a//b`, ...).
 
 `fired` counts how often the current mode acted; `counts` keeps totals per
 mode for the whole life of the proxy; `requests` logs (method, target).
@@ -91,6 +93,7 @@ class _Mode:
     after: int = 0
     status: int = 503
     code: str = "SlowDown"
+    rewrite: Callable[[bytes], bytes] | None = None
 
 
 _REASONS = {500: "Internal Server Error", 503: "Slow Down", 502: "Bad Gateway", 404: "Not Found",
@@ -206,6 +209,45 @@ async def _copy_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter 
             await budget.forward(writer, data, more=True)
 
 
+async def _read_body(reader: asyncio.StreamReader, head: _Head) -> bytes:
+    """A whole response body, chunked or of a Content-Length."""
+    if not head.chunked:
+        return await reader.readexactly(head.length or 0)
+    out = b""
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16):
+        out += (await reader.readexactly(size + 2))[:-2]
+    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
+        pass
+    return out
+
+
+def _with_length(head: _Head, length: int) -> bytes:
+    """The response head with its body framing replaced by a Content-Length."""
+    lines = [line for line in head.raw.decode("latin-1").split("\r\n")[:-2]
+             if line.split(":", 1)[0].strip().lower() not in ("content-length", "transfer-encoding")]
+    return ("\r\n".join(lines) + f"\r\nContent-Length: {length}\r\n\r\n").encode("latin-1")
+
+
+def _rename_keys(body: bytes, renames: dict[str, str]) -> bytes:
+    """<Key> elements of a ListObjectsV2 answer renamed (URL-encoded or XML text, as the
+    answer encodes them)."""
+    import re
+    from urllib.parse import quote, unquote
+    from xml.sax.saxutils import escape, unescape
+
+    encoded = b"<EncodingType>url</EncodingType>" in body
+
+    def swap(match: re.Match) -> bytes:
+        text = match.group(1).decode()
+        key = unquote(text) if encoded else unescape(text)
+        if key not in renames:
+            return match.group(0)
+        new = quote(renames[key], safe="/") if encoded else escape(renames[key])
+        return b"<Key>" + new.encode() + b"</Key>"
+
+    return re.sub(rb"<Key>(.*?)</Key>", swap, body)
+
+
 def _cut_at(after: int, head: _Head) -> int:
     """Where to cut a body: `after` bytes, or half of a body that is not longer than that."""
     length = head.length
@@ -263,6 +305,10 @@ class FaultProxy(LoopbackProxy):
 
     def blackhole(self, times: int | None = None, match: Match = ANY) -> None:
         self._set(_Mode("blackhole", times, match))
+
+    def rename_listed(self, renames: dict[str, str], times: int | None = None) -> None:
+        """LIST responses name each key of `renames` (a full key in the bucket) by its value."""
+        self._set(_Mode("rewrite", times, LIST, rewrite=lambda body: _rename_keys(body, renames)))
 
     def _take(self, method: str, target: str, has_body: bool) -> _Mode | None:
         """The mode to apply to this request (counted as fired), or None to pass it."""
@@ -331,6 +377,13 @@ class FaultProxy(LoopbackProxy):
                     return
                 status = int(resp.first.split(" ")[1])
                 resp_has_body = method != "HEAD" and status not in (204, 304) and not 100 <= status < 200
+                if mode is not None and mode.name == "rewrite" and resp_has_body:
+                    body = mode.rewrite(await _read_body(up_reader, resp))  # type: ignore[misc]
+                    writer.write(_with_length(resp, len(body)) + body)
+                    await writer.drain()
+                    if resp.close or head.close:
+                        return
+                    continue
                 writer.write(resp.raw)
                 budget = _Budget(_cut_at(mode.after, resp) if mode is not None and mode.name == "cut_response"
                                  and resp_has_body else None)

@@ -221,3 +221,164 @@ def test_no_endpoint_configured(s3_env, bucket, monkeypatch):
     env = {k: v for k, v in os.environ.items() if k not in ("PAILFS_ENDPOINT", "URL")}
     proc = subprocess.run([PAILFS, "ls", f"s3://{bucket}"], capture_output=True, text=True, env=env, timeout=60)
     assert "no endpoint" in one_line_error(proc)
+
+
+# ==================================================================================
+# hostile keys in listings: ls, cp -r (download, upload), rm -r (#14.14)
+# ==================================================================================
+HOSTILE = {  # object in the bucket -> the name the LIST answer gives it (the proxy renames)
+    "t/h1": "t/../../escape.txt", "t/h2": "t/./dot", "t/h3": "t/a//b", "t/h4": "t//abs",
+    "t/h5": "t/sub/..", "t/h6": "t/withdata/",
+}
+REAL = {"t/good.txt": b"good", "t/ctl\x1b[31mred": b"escape sequence in the name", "t/x": b"file x",
+        "t/x/y": b"under x", **{k: b"hostile " + k.encode() for k in HOSTILE}}
+
+
+@pytest.fixture
+def hostile(s3_env, seaweed, bucket):
+    """A bucket holding REAL, seen through a proxy whose listings show HOSTILE names
+    (keys SeaweedFS would never store, an S3 server elsewhere may)."""
+    from faultproxy import FaultProxy
+    from mounts import put_objects
+
+    put_objects(f"s3://{bucket}", REAL)
+    with FaultProxy(seaweed.state().s3_port) as proxy:
+        proxy.rename_listed({k: v for k, v in HOSTILE.items()})
+        yield bucket, {"PAILFS_ENDPOINT": proxy.endpoint}
+
+
+def test_ls_escapes_control_characters(hostile):
+    bucket, env = hostile
+    proc = pailfs("ls", "-r", f"s3://{bucket}/t/", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout + proc.stderr
+    assert "t/ctl\\x1b[31mred" in proc.stdout
+    assert "t/../../escape.txt" in proc.stdout  # listed as the server names it
+
+
+def test_cp_r_download_skips_hostile_keys_and_copies_the_rest(hostile, tmp_path):
+    """Nothing is written outside the destination, no key is stored under another
+    name than its own, and one bad key does not stop the batch (exit status 1)."""
+    bucket, env = hostile
+    work = tmp_path / "work"
+    work.mkdir()
+    dest = work / "dest"
+    proc = pailfs("cp", "-r", f"s3://{bucket}/t/", str(dest), env=env)
+    assert proc.returncode == 1
+    assert "\x1b" not in proc.stdout + proc.stderr
+    skipped = [line for line in proc.stderr.splitlines() if line.startswith("pailfs: skipping ")]
+    for name, reason in (("t/../../escape.txt", "'.' or '..'"), ("t/./dot", "'.' or '..'"),
+                         ("t/a//b", "empty path segment"), ("t//abs", "starts with '/'"),
+                         ("t/sub/..", "'.' or '..'"), ("t/withdata/", "ending in '/'"),
+                         ("t/x", "need a directory")):
+        assert any(f"s3://{bucket}/{name}" in line and reason in line for line in skipped), (name, skipped)
+    assert len(skipped) == 7
+    assert proc.stderr.strip().splitlines()[-1] == "pailfs: 7 skipped (named above); 3 copied"
+    assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == [
+        "dest", "dest/ctl\x1b[31mred", "dest/good.txt", "dest/x", "dest/x/y"]
+    assert (dest / "x" / "y").read_bytes() == b"under x" and (dest / "good.txt").read_bytes() == b"good"
+    assert not list(tmp_path.rglob("escape.txt")) and not Path("/tmp/escape.txt").exists()
+
+
+def test_rm_r_keeps_keys_a_request_could_not_name_and_removes_the_rest(hostile):
+    from mounts import list_keys
+
+    bucket, env = hostile
+    proc = pailfs("rm", "-r", f"s3://{bucket}/t/", env=env)
+    assert proc.returncode == 1
+    assert "\x1b" not in proc.stdout + proc.stderr
+    skipped = [line for line in proc.stderr.splitlines() if line.startswith("pailfs: skipping ")]
+    assert len(skipped) == 5  # the '.', '..' and empty-segment names; 't/withdata/' is a key like any
+    left = set(list_keys(f"s3://{bucket}"))
+    # a DELETE of 't//abs' or 't/sub/..' would have hit another key: none of the real objects went
+    assert {"t/h1", "t/h2", "t/h3", "t/h4", "t/h5"} <= left
+    assert not {"t/good.txt", "t/ctl\x1b[31mred", "t/x", "t/x/y"} & left
+
+
+def test_cp_r_upload_skips_names_that_cannot_be_keys(s3_env, bucket, tmp_path):
+    from mounts import list_keys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "good.txt").write_bytes(b"good")
+    with open(os.path.join(os.fsencode(src), b"latin1-\xe9t\xe9.txt"), "wb") as f:  # not UTF-8
+        f.write(b"bytes")
+    deep = src
+    for _ in range(5):
+        deep = deep / ("d" * 250)
+    deep.mkdir(parents=True)
+    (deep / "too-long-a-key.bin").write_bytes(b"x")
+    (src / "esc\x1b[2J.txt").write_bytes(b"a control character is a valid key")
+    proc = pailfs("cp", "-r", str(src), f"s3://{bucket}/u/")
+    assert proc.returncode == 1
+    assert "\x1b" not in proc.stdout + proc.stderr
+    assert "not valid UTF-8" in proc.stderr and "longer than 1024 bytes" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "pailfs: 2 skipped (named above); 2 copied"
+    assert sorted(list_keys(f"s3://{bucket}")) == ["u/esc\x1b[2J.txt", "u/good.txt"]
+
+
+# ==================================================================================
+# cp -r resumes (#20.4)
+# ==================================================================================
+def test_cp_r_resumes_an_interrupted_upload_and_download(s3_env, seaweed, bucket, tmp_path):
+    """2,000 files: the upload is killed part way, the second run PUTs only what is
+    missing (counted by a proxy), a third run PUTs nothing; the download resumes the
+    same way and fetches a file whose bytes changed at the same size again."""
+    import signal
+
+    from faultproxy import GET_OBJECT, PUT, FaultProxy
+    from mounts import list_keys
+
+    src = tmp_path / "src"
+    for i in range(2000):
+        d = src / f"class{i % 10}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i:05d}.bin").write_bytes(os.urandom(1000 + i % 500))
+    url = f"s3://{bucket}/data/"
+    first = subprocess.Popen([PAILFS, "cp", "-q", "-r", "-j", "2", str(src), url], env=os.environ,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list_keys(f"s3://{bucket}")) < 300:
+            assert first.poll() is None, "the first upload ended before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    done = len(list_keys(f"s3://{bucket}"))
+    assert 300 <= done < 2000
+
+    with FaultProxy(seaweed.state().s3_port) as proxy:
+        env = {"PAILFS_ENDPOINT": proxy.endpoint}
+        second = pailfs("cp", "-r", str(src), url, env=env, timeout=300)
+        assert second.returncode == 0, second.stderr
+        puts = sum(1 for m, t in proxy.requests if PUT(m, t))
+        # a PUT in flight at the kill may still have completed on the server: count what
+        # the second run found there, at least what was listed after the kill
+        found = re.search(r"copied (\d+) files.*; (\d+) already there, unchanged", second.stderr)
+        assert found, second.stderr
+        copied, present = int(found.group(1)), int(found.group(2))
+        assert copied + present == 2000 and present >= done and puts == copied, (puts, copied, present, done)
+        proxy.requests.clear()
+        third = pailfs("cp", "-r", str(src), url, env=env, timeout=300)
+        assert third.returncode == 0 and sum(1 for m, t in proxy.requests if PUT(m, t)) == 0
+        print(f"\nresume: {present} of 2000 uploaded before the kill; second run {puts} PUTs; third run 0")
+
+        dest = tmp_path / "dest"
+        assert pailfs("cp", "-q", "-r", url, str(dest), env=env, timeout=300).returncode == 0
+        files = sorted(p for p in dest.rglob("*.bin"))
+        assert len(files) == 2000
+        for p in files[:300]:
+            p.unlink()
+        changed = files[500]
+        changed.write_bytes(bytes(len(changed.read_bytes())))  # same size, other bytes
+        proxy.requests.clear()
+        again = pailfs("cp", "-r", url, str(dest), env=env, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert sum(1 for m, t in proxy.requests if GET_OBJECT(m, t)) == 301
+        assert changed.read_bytes() == (src / changed.relative_to(dest)).read_bytes()
+        assert all(filecmp.cmp(p, src / p.relative_to(dest), shallow=False) for p in files[:300])
+        proxy.requests.clear()
+        forced = pailfs("cp", "-q", "-r", "--force", url, str(dest), env=env, timeout=300)
+        assert forced.returncode == 0 and sum(1 for m, t in proxy.requests if GET_OBJECT(m, t)) == 2000

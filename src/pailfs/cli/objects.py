@@ -9,7 +9,9 @@ progress and summaries to stderr; every failure is one `pailfs: ...` line.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import stat
 import sys
 import time
 from contextlib import AsyncExitStack
@@ -95,6 +97,49 @@ def _echo(line: str) -> None:
         raise typer.Exit(0) from None
 
 
+def shown(key: str) -> str:
+    """A key as it may be written to a terminal: control and other unprintable
+    characters escaped (\\x1b, \\u202e), so a hostile key cannot drive the terminal."""
+    if key.isprintable():
+        return key
+    return "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   for c in key)
+
+
+def key_problem(rel: str) -> str | None:
+    """Why a listed key (relative to the prefix being copied or removed) cannot be
+    taken as a path: a '.'/'..' or empty segment, a leading '/', NUL — keys that
+    HTTP clients, servers or file systems would turn into another name."""
+    if not rel:
+        return "is empty"
+    if rel.startswith("/"):
+        return "starts with '/'"
+    parts = (rel[:-1] if rel.endswith("/") else rel).split("/")
+    if any(p in (".", "..") for p in parts):
+        return "has a '.' or '..' path segment"
+    if any(p == "" for p in parts):
+        return "has an empty path segment ('//')"
+    if "\0" in rel:
+        return "holds a NUL character"
+    return None
+
+
+class Skips:
+    """Keys or files a batch left out: each is reported on stderr at once (escaped),
+    the rest of the batch goes on, and the command ends with exit status 1."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def skip(self, what: str, reason: str) -> None:
+        self.count += 1
+        typer.echo(f"pailfs: skipping {shown(what)}: {reason}", err=True)
+
+    def finish(self, done: int, verb: str) -> None:
+        if self.count:
+            raise StoreError(f"{self.count} skipped (named above); {done} {verb}")
+
+
 # --- ls ---------------------------------------------------------------------
 @app.command("ls")
 def ls_cmd(url: str = typer.Argument("s3://", help="s3://bucket/prefix; s3:// lists the buckets."),
@@ -116,9 +161,9 @@ def ls_cmd(url: str = typer.Argument("s3://", help="s3://bucket/prefix; s3:// li
         store = stores.get(loc.bucket)
         async for page in store.list_pages(loc.path, None if recursive else "/"):
             for prefix in page.prefixes:
-                _echo(f"{'':19} {'DIR':>12}  {prefix}")
+                _echo(f"{'':19} {'DIR':>12}  {shown(prefix)}")
             for obj in page.objects:
-                _echo(f"{_fmt_time(obj.mtime)} {obj.size:>12}  {obj.key}")
+                _echo(f"{_fmt_time(obj.mtime)} {obj.size:>12}  {shown(obj.key)}")
 
     _run(main, opts)
 
@@ -143,35 +188,42 @@ def stat_cmd(url: str = typer.Argument(..., help="s3://bucket/key, or s3://bucke
             prefix = loc.path if loc.path.endswith("/") else loc.path + "/"
             async for page in store.list_pages(prefix, "/"):
                 if page.objects or page.prefixes:
-                    _echo(f"prefix:   s3://{loc.bucket}/{prefix} (no object of its own)")
+                    _echo(f"prefix:   s3://{loc.bucket}/{shown(prefix)} (no object of its own)")
                     return
                 break
             raise
-        _echo(f"key:      s3://{loc.bucket}/{info.key}\nsize:     {info.size}\n"
-              f"modified: {_fmt_time(info.mtime)}\netag:     {info.etag or '-'}")
+        _echo(f"key:      s3://{loc.bucket}/{shown(info.key)}\nsize:     {info.size}\n"
+              f"modified: {_fmt_time(info.mtime)}\netag:     {shown(info.etag or '-')}")
         for name, value in sorted((info.metadata or {}).items()):
-            _echo(f"meta:     {name}={value}")
+            _echo(f"meta:     {shown(name)}={shown(value)}")
 
     _run(main, opts)
 
 
 # --- cp ---------------------------------------------------------------------
+MAX_KEY_BYTES = 1024  # S3's limit
+MAX_NAME_BYTES = 255  # one path segment on local file systems (and SeaweedFS)
+
+
 @dataclass
 class _Job:
     size: int
     run: Callable[[Callable[[int], None]], Awaitable[object]]
 
 
-def _safe_relative(key: str) -> Path | None:
-    """A key as a path below the target dir; None for keys that would escape it."""
-    parts = [p for p in key.split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts) or "\0" in key:
-        return None
-    return Path(*parts)
+@dataclass
+class _Plan:
+    jobs: list[_Job]
+    unchanged: int = 0  # already at the destination with the same size and checksum
+
+
+def _prefix_of(path: str) -> str:
+    return path if not path or path.endswith("/") else path + "/"
 
 
 def _local_files(root: Path) -> Iterable[tuple[Path, str]]:
-    """Files under a local directory (symlinks to files followed) with '/'-joined relative names."""
+    """Files under a local directory with '/'-joined relative names (symlinks to
+    directories are not followed; symlinks to files are)."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
         for name in sorted(filenames):
@@ -180,49 +232,75 @@ def _local_files(root: Path) -> Iterable[tuple[Path, str]]:
                 yield path, path.relative_to(root).as_posix()
 
 
-async def _plan_upload(stores: Stores, src: str, dst: StoreURL, recursive: bool) -> list[_Job]:
+def _file_md5s(path: Path, part_size: int) -> tuple[str, str]:
+    """(MD5 of the whole file, S3 multipart ETag for parts of part_size) — the two
+    forms of ETag an S3 server gives an object uploaded whole or in parts."""
+    whole = hashlib.md5()
+    parts = []
+    with open(path, "rb") as f:
+        while block := f.read(part_size):
+            whole.update(block)
+            parts.append(hashlib.md5(block).digest())
+    multipart = hashlib.md5(b"".join(parts)).hexdigest() + f"-{len(parts)}"
+    return whole.hexdigest(), multipart
+
+
+async def _same_content(path: Path, size: int, etag: str | None, part_size: int) -> bool:
+    """True when the local file has the object's size and (where the ETag is an MD5
+    of the whole object or of its parts) the object's checksum: resume skips it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        return False
+    tag = (etag or "").strip('"')
+    if not tag:
+        return True  # the store told no checksum: size is all there is to compare
+    whole, multipart = await asyncio.to_thread(_file_md5s, path, part_size)
+    return tag in (whole, multipart)
+
+
+async def _plan_upload(stores: Stores, src: str, dst: StoreURL, recursive: bool, force: bool,
+                       skips: Skips) -> _Plan:
     store = stores.get(dst.bucket)
     path = Path(src)
     if not path.exists():
         raise NotFound(f"cp: no such local file or directory: {src}")
-    if path.is_dir():
-        if not recursive:
-            raise BadOption(f"cp: {src} is a directory; use cp -r")
-        base = dst.path if not dst.path or dst.path.endswith("/") else dst.path + "/"
-        return [_Job(p.stat().st_size, lambda prog, p=p, k=base + rel: store.put_file(k, p, progress=prog))
-                for p, rel in _local_files(path)]
-    key = dst.path + path.name if not dst.path or dst.path.endswith("/") else dst.path
-    return [_Job(path.stat().st_size, lambda prog: store.put_file(key, path, progress=prog))]
+    if not path.is_dir():
+        key = dst.path + path.name if not dst.path or dst.path.endswith("/") else dst.path
+        return _Plan([_Job(path.stat().st_size, lambda prog: store.put_file(key, path, progress=prog))])
+    if not recursive:
+        raise BadOption(f"cp: {src} is a directory; use cp -r")
+    base = _prefix_of(dst.path)
+    present = {} if force else {o.key: o for o in (await store.list(base)).objects}
+    part_size = stores.opts.multipart_size * 1024 * 1024
+    plan = _Plan([])
+    for file, rel in _local_files(path):
+        key = base + rel
+        try:
+            too_long = len(key.encode()) > MAX_KEY_BYTES
+        except UnicodeEncodeError:
+            skips.skip(str(file), "the name is not valid UTF-8, so it cannot be a key")
+            continue
+        if too_long:
+            skips.skip(str(file), f"the key would be longer than {MAX_KEY_BYTES} bytes")
+            continue
+        size = file.stat().st_size
+        there = present.get(key)
+        if there is not None and await _same_content(file, there.size, there.etag, part_size):
+            plan.unchanged += 1
+            continue
+        plan.jobs.append(_Job(size, lambda prog, p=file, k=key: store.put_file(k, p, progress=prog)))
+    return plan
 
 
-async def _plan_download(stores: Stores, src: StoreURL, dst: str, recursive: bool) -> list[_Job]:
+async def _plan_download(stores: Stores, src: StoreURL, dst: str, recursive: bool, force: bool,
+                         skips: Skips) -> _Plan:
     store = stores.get(src.bucket)
     target = Path(dst)
     if recursive:
-        prefix = src.path if not src.path or src.path.endswith("/") else src.path + "/"
-        jobs: list[_Job] = []
-        dirs: set[Path] = {target}
-        async for page in store.list_pages(prefix):
-            for obj in page.objects:
-                rel = _safe_relative(obj.key[len(prefix):])
-                if rel is None:
-                    if obj.key != prefix:
-                        typer.echo(f"pailfs: skipping key that is not a safe local path: {obj.key!r}", err=True)
-                    continue
-                if obj.is_dir_marker:
-                    dirs.add(target / rel)
-                    continue
-                dirs.add((target / rel).parent)
-                jobs.append(_Job(obj.size, lambda prog, k=obj.key, p=target / rel: store.get_file(k, p, progress=prog)))
-        if not jobs and len(dirs) == 1:
-            await store.check()
-            raise NotFound(f"cp: nothing under s3://{src.bucket}/{prefix}")
-        for d in sorted(dirs):
-            try:
-                d.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cp: cannot create directory {d}: {exc.strerror}") from None
-        return jobs
+        return await _plan_tree_download(stores, store, src, target, force, skips)
     if not src.path or src.path.endswith("/"):
         raise BadOption(f"cp: s3://{src.bucket}/{src.path} is a prefix; use cp -r")
     try:
@@ -239,10 +317,72 @@ async def _plan_download(stores: Stores, src: StoreURL, dst: str, recursive: boo
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cp: cannot create directory {target.parent}: {exc.strerror}") from None
-    return [_Job(info.size, lambda prog: store.get_file(src.path, target, progress=prog))]
+    return _Plan([_Job(info.size, lambda prog: store.get_file(src.path, target, progress=prog))])
 
 
-async def _plan_copy(stores: Stores, src: StoreURL, dst: StoreURL, recursive: bool) -> list[_Job]:
+async def _plan_tree_download(stores: Stores, store: ObjectStore, src: StoreURL, target: Path, force: bool,
+                              skips: Skips) -> _Plan:
+    """Every key under the prefix as a file below target. A key that cannot be a path
+    there (it would escape target, name a directory that is also a file, or hold data
+    under a name ending in '/') is reported and skipped; the rest is downloaded."""
+    prefix = _prefix_of(src.path)
+    files: dict[str, ObjectInfo] = {}
+    dirs: set[str] = set()
+    async for page in store.list_pages(prefix):
+        for obj in page.objects:
+            rel = obj.key[len(prefix):]
+            if not rel:
+                continue  # the prefix's own marker
+            where = f"s3://{src.bucket}/{obj.key}"
+            problem = key_problem(rel)
+            if problem is None and any(len(p.encode()) > MAX_NAME_BYTES for p in rel.split("/")):
+                problem = f"has a path segment longer than {MAX_NAME_BYTES} bytes"
+            if problem is None and obj.is_dir_marker and obj.size:
+                problem = f"holds {obj.size} bytes under a name ending in '/', which no local file can have"
+            if problem is not None:
+                skips.skip(where, f"the key {problem}")
+            elif obj.is_dir_marker:
+                dirs.add(rel[:-1])
+            else:
+                files[rel] = obj
+    for rel in files:
+        parts = rel.split("/")
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    for rel in [r for r in files if r in dirs]:
+        skips.skip(f"s3://{src.bucket}/{prefix}{rel}", "other keys need a directory of that name")
+        del files[rel]
+    if not files and not dirs and not skips.count:
+        await store.check()
+        raise NotFound(f"cp: nothing under s3://{src.bucket}/{prefix}")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cp: cannot create directory {target}: {exc.strerror}") from None
+    broken: set[str] = set()
+    for d in sorted(dirs):
+        try:
+            (target / d).mkdir(exist_ok=True)
+        except OSError as exc:
+            broken.add(d)
+            skips.skip(str(target / d), f"cannot create the directory ({exc.strerror}); the keys under it are skipped")
+    part_size = stores.opts.multipart_size * 1024 * 1024
+    plan = _Plan([])
+    for rel, obj in files.items():
+        path = target / rel
+        parents = {"/".join(rel.split("/")[:i]) for i in range(1, rel.count("/") + 1)}
+        if parents & broken:
+            continue
+        if path.is_dir():
+            skips.skip(f"s3://{src.bucket}/{obj.key}", f"{path} is a directory")
+            continue
+        if not force and await _same_content(path, obj.size, obj.etag, part_size):
+            plan.unchanged += 1
+            continue
+        plan.jobs.append(_Job(obj.size, lambda prog, k=obj.key, p=path: store.get_file(k, p, progress=prog)))
+    return plan
+
+
+async def _plan_copy(stores: Stores, src: StoreURL, dst: StoreURL, recursive: bool, skips: Skips) -> _Plan:
     from pailfs.store.s3 import S3Store
     source, dest = stores.get(src.bucket), stores.get(dst.bucket)
 
@@ -257,19 +397,26 @@ async def _plan_copy(stores: Stores, src: StoreURL, dst: StoreURL, recursive: bo
         return _Job(size, run)
 
     if recursive:
-        prefix = src.path if not src.path or src.path.endswith("/") else src.path + "/"
-        base = dst.path if not dst.path or dst.path.endswith("/") else dst.path + "/"
-        jobs = [job(o.size, o.key, base + o.key[len(prefix):])
-                for o in (await source.list(prefix)).objects if o.key != prefix]
-        if not jobs:
+        prefix, base = _prefix_of(src.path), _prefix_of(dst.path)
+        jobs = []
+        for o in (await source.list(prefix)).objects:
+            rel = o.key[len(prefix):]
+            if not rel:
+                continue
+            problem = key_problem(rel)
+            if problem is not None:
+                skips.skip(f"s3://{src.bucket}/{o.key}", f"the key {problem}")
+                continue
+            jobs.append(job(o.size, o.key, base + rel))
+        if not jobs and not skips.count:
             await source.check()
             raise NotFound(f"cp: nothing under s3://{src.bucket}/{prefix}")
-        return jobs
+        return _Plan(jobs)
     if not src.path or src.path.endswith("/"):
         raise BadOption(f"cp: s3://{src.bucket}/{src.path} is a prefix; use cp -r")
     info = await source.head(src.path)
     new_key = dst.path + src.path.rsplit("/", 1)[-1] if not dst.path or dst.path.endswith("/") else dst.path
-    return [job(info.size, src.path, new_key)]
+    return _Plan([job(info.size, src.path, new_key)])
 
 
 async def _run_jobs(jobs: list[_Job], workers: int, progress: Progress | None) -> None:
@@ -314,12 +461,17 @@ def cp_cmd(src: str = typer.Argument(..., help="Local path or s3://bucket/key (a
            dst: str = typer.Argument(..., help="Local path or s3://bucket/key (a prefix with -r)."),
            recursive: bool = RecursiveArg,
            jobs: int = typer.Option(16, "-j", "--jobs", min=1, help="Files copied in parallel."),
+           force: bool = typer.Option(False, "--force", help="cp -r: copy every file, also those already at the "
+                                                             "destination with the same size and checksum."),
            quiet: bool = QuietArg, option: list[str] = OptionArg,
            endpoint: Optional[str] = EndpointArg) -> None:
     """Upload, download, or copy between buckets (server-side); -r copies a tree.
 
     `cp -r DIR s3://b/p` uploads DIR's files as p/<relative path> (like `rclone copy`);
-    large files go in parallel parts of multipart_size MB."""
+    large files go in parallel parts of multipart_size MB. `cp -r` resumes: a file
+    already at the destination with the same size and checksum (the object's ETag)
+    is not copied again, unless --force. Keys that cannot be local paths, and local
+    names that cannot be keys, are reported and skipped (exit status 1)."""
     opts = _options(option, endpoint)
     src_remote, dst_remote = is_remote_url(src), is_remote_url(dst)
     if not (src_remote or dst_remote):
@@ -330,26 +482,30 @@ def cp_cmd(src: str = typer.Argument(..., help="Local path or s3://bucket/key (a
 
     async def main(stores: Stores) -> None:
         started = time.monotonic()
+        skips = Skips()
         if src_loc and dst_loc:
-            plan = await _plan_copy(stores, src_loc, dst_loc, recursive)
+            plan = await _plan_copy(stores, src_loc, dst_loc, recursive, skips)
         elif dst_loc:
-            plan = await _plan_upload(stores, src, dst_loc, recursive)
+            plan = await _plan_upload(stores, src, dst_loc, recursive, force, skips)
         else:
             assert src_loc is not None
-            plan = await _plan_download(stores, src_loc, dst, recursive)
+            plan = await _plan_download(stores, src_loc, dst, recursive, force, skips)
         show = not quiet and console.is_terminal
         if show:
             columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                        TimeRemainingColumn())
             with Progress(*columns, console=console, transient=True) as progress:
-                await _run_jobs(plan, jobs, progress)
+                await _run_jobs(plan.jobs, jobs, progress)
         else:
-            await _run_jobs(plan, jobs, None)
+            await _run_jobs(plan.jobs, jobs, None)
         if not quiet:
             took = max(time.monotonic() - started, 1e-6)
-            size = sum(j.size for j in plan)
-            console.print(f"copied {len(plan)} file{'s' if len(plan) != 1 else ''}, {_human(size)} "
-                          f"in {took:.2f}s ({_human(size / took)}/s)", highlight=False)
+            size = sum(j.size for j in plan.jobs)
+            n = len(plan.jobs)
+            same = f"; {plan.unchanged} already there, unchanged" if plan.unchanged else ""
+            console.print(f"copied {n} file{'s' if n != 1 else ''}, {_human(size)} "
+                          f"in {took:.2f}s ({_human(size / took)}/s){same}", highlight=False)
+        skips.finish(len(plan.jobs), "copied")
 
     _run(main, opts)
 
@@ -359,12 +515,16 @@ def cp_cmd(src: str = typer.Argument(..., help="Local path or s3://bucket/key (a
 def rm_cmd(url: str = typer.Argument(..., help="s3://bucket/key, or a prefix with -r."),
            recursive: bool = RecursiveArg, quiet: bool = QuietArg,
            option: list[str] = OptionArg, endpoint: Optional[str] = EndpointArg) -> None:
-    """Delete an object, or (-r) the object and every key under `prefix/`."""
+    """Delete an object, or (-r) the object and every key under `prefix/`.
+
+    Keys under the prefix that a request could not name exactly ('.'/'..' or empty
+    segments: servers would resolve them to other keys) are reported and kept."""
     loc = _remote(url)
     opts = _options(option, endpoint)
 
     async def main(stores: Stores) -> None:
         store = stores.get(loc.bucket)
+        skips = Skips()
         if not recursive:
             if not loc.path or loc.path.endswith("/") and not loc.path.strip("/"):
                 raise BadOption(f"rm: s3://{loc.bucket}/{loc.path} is not a key; use rm -r for a prefix")
@@ -378,14 +538,33 @@ def rm_cmd(url: str = typer.Argument(..., help="s3://bucket/key, or a prefix wit
                     keys.append((await store.head(loc.path)).key)
                 except NotFound:
                     pass
-            prefix = loc.path if not loc.path or loc.path.endswith("/") else loc.path + "/"
-            keys += [o.key for o in (await store.list(prefix)).objects]
-            if not keys:
+            prefix = _prefix_of(loc.path)
+            listed = [o.key for o in (await store.list(prefix)).objects]
+            for key in listed:
+                problem = key_problem(key[len(prefix):]) if key != prefix else None
+                if problem is not None:
+                    skips.skip(f"s3://{loc.bucket}/{key}", f"the key {problem}; a delete could hit another key")
+                else:
+                    keys.append(key)
+            if not keys and not skips.count:
                 raise NotFound(f"rm: nothing at s3://{loc.bucket}/{loc.path}")
-            await store.delete_many(keys)
-            removed = len(keys)
+            # a control character cannot be written in the XML of a multi-object delete
+            # (MalformedXML for the whole batch): such keys go one DELETE each
+            plain = [k for k in keys if k.isprintable()]
+            if plain:
+                await store.delete_many(plain)
+            removed = len(plain)
+            for key in keys:
+                if key.isprintable():
+                    continue
+                try:
+                    await store.delete(key)
+                    removed += 1
+                except StoreError as exc:
+                    skips.skip(f"s3://{loc.bucket}/{key}", str(exc))
         if not quiet:
             typer.echo(f"removed {removed} object{'s' if removed != 1 else ''}", err=True)
+        skips.finish(removed, "removed")
 
     _run(main, opts)
 
