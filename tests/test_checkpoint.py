@@ -536,3 +536,32 @@ def test_missing_bucket_fails_at_construction(s3_env):
         Checkpointer("s3://no-such-bucket-pailfs/x")
     assert "no-such-bucket-pailfs" in str(info.value)
     assert s3_env["AWS_SECRET_ACCESS_KEY"] not in str(info.value)
+
+
+# --- state dicts: save_state / load_state (#20.3) ------------------------------------------------
+def test_save_state_and_load_state_round_trip_a_state_dict_without_torch(url, monkeypatch):
+    """A flat state dict of numpy arrays needs no torch: it is saved as state.npz in the
+    background and comes back verified, array for array (dtype and shape too)."""
+    import numpy as np
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without PyTorch
+    rng = np.random.default_rng(0)
+    state = {"fc1.weight": rng.standard_normal((256, 784)).astype(np.float32),
+             "fc1.bias": np.zeros(256, np.float32), "step": np.int64(100), "lr": np.float64(0.05)}
+    with Checkpointer(url, max_to_keep=2) as ck:
+        fut = ck.save_state(100, state, metadata={"epoch": 3})
+        state["fc1.bias"] += 1  # the caller goes on training: the checkpoint keeps step 100's bytes
+        info = fut.result(60)
+        assert [f.name for f in info.files] == ["state.npz"] and info.metadata == {"epoch": 3}
+        back = ck.load_state()
+        assert sorted(back) == sorted(state)
+        assert back["fc1.weight"].dtype == np.float32 and np.array_equal(back["fc1.weight"], state["fc1.weight"])
+        assert np.array_equal(back["fc1.bias"], np.zeros(256, np.float32))
+        assert int(back["step"]) == 100 and float(back["lr"]) == 0.05
+        # what load_state reads is verified first, like restore()
+        put_object(url, "0000000100/state.npz", b"X" * info.files[0].size)
+        with pytest.raises(CheckpointError, match="state.npz fails its sha256 check"):
+            ck.load_state(100)
+        # anything but a flat mapping of arrays needs torch, and says so
+        with pytest.raises(CheckpointError, match=r"needs PyTorch \(pip install torch\)"):
+            ck.save_state(101, {"optimizer": {"state": {}}})

@@ -124,25 +124,30 @@ def test_training_is_reproducible(dataset_dir, tmp_path):
 
 # --- background checkpoints through the real Checkpointer ------------------------------
 def test_checkpointer_sink_keeps_one_committed_checkpoint(dataset_dir, bucket, s3_env):
+    """Run 2's checkpoints, torch style: save_state(step, model.state_dict()) in the
+    background, and load_state() gives back the model of the newest step."""
+    from rich.console import Console
+
     from pailfs.checkpoint import Checkpointer
-    from pailfs.demo.runner import CheckpointerSink
+    from pailfs.demo.runner import CheckpointerSink, restore_newest
 
     ckpt = Checkpointer(f"s3://{bucket}/training_logs", max_to_keep=1)
     try:
         result = train(dataset_dir, CheckpointerSink(ckpt), epochs=7, emit=lambda s: None)
         infos = ckpt.list()
         assert [i.step for i in infos] == [300]
-        assert sorted(f.name for f in infos[0].files) == ["checkpoint", "model.ckpt-300.npz"]
-        assert ckpt.read("checkpoint") == b'model_checkpoint_path: "model.ckpt-300.npz"\n' \
-                                          b'all_model_checkpoint_paths: "model.ckpt-300.npz"\n'
+        assert [f.name for f in infos[0].files] == ["state.npz"]
+        restored = restore_newest(ckpt, dataset_dir, result, Console(file=open(os.devnull, "w")))
     finally:
         ckpt.close()
     assert [s for s, _ in result.checkpoint_stalls] == [100, 200, 300]
+    assert restored.step == 300 and restored.accuracy == dict(result.accuracy)[300] == restored.trained_accuracy
+    assert restored.accuracy > 0.8
 
 
 # --- report ---------------------------------------------------------------------------
 def _fake_result():
-    from pailfs.demo.runner import CheckpointRow, DemoResult
+    from pailfs.demo.runner import CheckpointRow, DemoResult, RestoredCheckpoint
 
     res = DemoResult(endpoint="http://127.0.0.1:1", bucket="tf-train", epochs=3, embedded=True)
     res.runs["rw"] = RunResult(dataload=[0.2, 0.1, 0.12], accuracy=[(10, 0.5), (135, 0.93)],
@@ -151,7 +156,8 @@ def _fake_result():
                                checkpoint_stalls=[(100, 0.001)], final_wait=0.02, steps=135)
     res.objects_left = {"rw": [("training_logs/checkpoint", 60), ("training_logs/model.ckpt-100.npz", 408294)],
                         "ro": [("training_logs/0000000100/checkpoint", 60)]}
-    res.checkpoints = [CheckpointRow(100, [("checkpoint", 60), ("model.ckpt-100.npz", 408294)], time.time())]
+    res.checkpoints = [CheckpointRow(100, [("state.npz", 408294)], time.time())]
+    res.restored = RestoredCheckpoint(100, 0.9, 0.9)
     return res
 
 
@@ -170,6 +176,8 @@ def test_report_prints_comparison_and_writes_chart(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["speedup_later_epochs"] == pytest.approx(10.0)
     assert summary["checkpoints"][0]["step"] == 100
+    assert "Restored with load_state(): step 100, test accuracy 0.9000" in text
+    assert summary["restored"] == {"step": 100, "accuracy": 0.9, "trained_accuracy": 0.9}
 
 
 # --- the demo as a user runs it ------------------------------------------------------------
@@ -210,6 +218,11 @@ def test_demo_quick_against_real_server(tmp_path, seaweed, bucket, s3_env):
         assert float(accuracy[-1][1]) > 0.8
         assert [int(s) for s, _ in SAVED.findall(run)] == [100, 200]
     assert "Later-epoch data loading:" in summary and "faster" in summary
+    # torch style: the newest state dict comes back with load_state() into a new model
+    restored = re.search(r"load_state\(\): step 200 restored from the bucket into a new model, test accuracy "
+                         r"([0-9.]+) \(the model at step 200: ([0-9.]+)\)", run2)
+    assert restored and restored.group(1) == restored.group(2), run2[-2000:]
+    assert float(restored.group(1)) > 0.8
     assert (tmp_path / "out" / "dataload.png").read_bytes()[:4] == b"\x89PNG"
 
     # what the bucket holds, read back independently of the demo's output
@@ -219,7 +232,7 @@ def test_demo_quick_against_real_server(tmp_path, seaweed, bucket, s3_env):
     finally:
         ckpt.close()
     assert [i.step for i in infos] == [200]
-    assert sorted(f.name for f in infos[0].files) == ["checkpoint", "model.ckpt-200.npz"]
+    assert [f.name for f in infos[0].files] == ["state.npz"]
     keys = sorted(_keys(f"s3://{bucket}/training_logs/"))
     # run 1 kept every checkpoint it wrote through the mount; run 2 only the latest
     assert [k for k in keys if not k.startswith("0")] == ["checkpoint", "model.ckpt-100.npz", "model.ckpt-200.npz"]

@@ -72,14 +72,23 @@ class MLP:
         return loss
 
     # --- checkpoints -------------------------------------------------------
+    def state_dict(self, step: int) -> dict[str, np.ndarray]:
+        """The weights and the step as a flat mapping of arrays (a state dict, as a
+        torch model's: what Checkpointer.save_state takes)."""
+        return {"step": np.int64(step), **{name: value.copy() for name, value in self.params.items()}}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> int:
+        """Restore weights from state_dict(); returns the saved step."""
+        for name in self.params:
+            self.params[name] = np.asarray(state[name], dtype=np.float32)
+        return int(state["step"])
+
     def to_npz(self, step: int) -> bytes:
         buf = io.BytesIO()
-        np.savez(buf, step=np.int64(step), **self.params)
+        np.savez(buf, **self.state_dict(step))
         return buf.getvalue()
 
     def load_npz(self, data: bytes) -> int:
         """Restore weights from to_npz bytes; returns the saved step."""
         with np.load(io.BytesIO(data)) as npz:
-            for name in self.params:
-                self.params[name] = npz[name].astype(np.float32)
-            return int(npz["step"])
+            return self.load_state_dict({name: npz[name] for name in npz.files})

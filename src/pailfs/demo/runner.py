@@ -3,8 +3,9 @@
 Run 1, "read-write": the whole bucket through a read-write mount without stat
 cache; checkpoints are written synchronously into the mount, all kept.
 Run 2, "read-write separation": only the data prefix through a read-only mount
-with kernel_cache and a stat cache; checkpoints go through the Checkpointer in
-the background with max_to_keep=1.
+with kernel_cache and a stat cache; checkpoints are the model's state dict, saved
+torch-style with Checkpointer.save_state in the background with max_to_keep=1, and
+the newest one is restored with load_state at the end.
 
 Everything this module starts it stops again, on success, failure and Ctrl-C
 (SIGTERM is turned into KeyboardInterrupt by the CLI): mounts are unmounted
@@ -28,12 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TransferSpeedColumn)
 
 from pailfs.demo.data import FILES, make_digits, write_dataset
-from pailfs.demo.training import DirectorySink, RunResult, train
+from pailfs.demo.training import SEED, Checkpoint, DirectorySink, RunResult, train
 from pailfs.errors import MountError, PailfsError
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,8 @@ READ_WRITE = RunSpec(
 SEPARATION = RunSpec(
     "ro", "read-write separation", "{bucket}:/" + DATA_PREFIX.rstrip("/"),
     "ro,kernel_cache,max_stat_cache_size=10000,umask=022", "",
-    "Checkpointer(s3://{bucket}/training_logs, max_to_keep=1) in the background")
+    "Checkpointer(s3://{bucket}/training_logs, max_to_keep=1).save_state(step, model.state_dict()) "
+    "in the background; load_state() at the end")
 RUNS = (READ_WRITE, SEPARATION)
 
 
@@ -78,6 +81,15 @@ class CheckpointRow:
 
 
 @dataclass
+class RestoredCheckpoint:
+    """The newest checkpoint of run 2, read back with load_state() into a new model."""
+
+    step: int
+    accuracy: float  # test accuracy of the restored model
+    trained_accuracy: float | None  # what training reported at that step
+
+
+@dataclass
 class DemoResult:
     endpoint: str
     bucket: str
@@ -87,6 +99,7 @@ class DemoResult:
     # keys (relative to the bucket) and sizes each run left under training_logs/
     objects_left: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     checkpoints: list[CheckpointRow] = field(default_factory=list)
+    restored: RestoredCheckpoint | None = None
     wall_seconds: float = 0.0
 
 
@@ -195,15 +208,16 @@ def mounted(source: str, mountpoint: Path, options: str, console: Console) -> It
 
 
 class CheckpointerSink:
-    """Checkpoints through the SDK: save() only snapshots, the upload runs in the background."""
+    """Checkpoints through the SDK, torch style: save_state() serializes the state dict
+    in memory and returns; the upload runs in the background."""
 
     def __init__(self, checkpointer) -> None:
         self.checkpointer = checkpointer
         self.max_to_keep = checkpointer.max_to_keep
         self.futures: list = []
 
-    def save(self, step: int, files: dict[str, bytes]) -> None:
-        self.futures.append(self.checkpointer.save(step, files))
+    def save(self, checkpoint: Checkpoint) -> None:
+        self.futures.append(self.checkpointer.save_state(checkpoint.step, checkpoint.state_dict()))
 
     def finish(self) -> None:
         self.checkpointer.wait()
@@ -272,8 +286,23 @@ def run_read_write(bucket: str, workdir: Path, epochs: int, console: Console) ->
     return result
 
 
+def restore_newest(ckpt, data_dir: Path, result: RunResult, console: Console) -> RestoredCheckpoint:
+    """load_state() of the newest checkpoint into a new model, and its test accuracy."""
+    from pailfs.demo.data import read_dataset
+    from pailfs.demo.model import MLP, to_inputs
+
+    model = MLP(seed=SEED + 1)  # other initial weights: only the restored ones count
+    step = model.load_state_dict(ckpt.load_state())
+    digits = read_dataset(data_dir)
+    accuracy = model.accuracy(to_inputs(digits.test_images), digits.test_labels.astype(np.int64))
+    trained = dict(result.accuracy).get(step)
+    console.print(f"load_state(): step {step} restored from the bucket into a new model, test accuracy "
+                  f"{accuracy:.4f}" + (f" (the model at step {step}: {trained:.4f})" if trained is not None else ""))
+    return RestoredCheckpoint(step, accuracy, trained)
+
+
 def run_separation(bucket: str, workdir: Path, epochs: int, console: Console
-                   ) -> tuple[RunResult, list[CheckpointRow]]:
+                   ) -> tuple[RunResult, list[CheckpointRow], RestoredCheckpoint]:
     from pailfs.checkpoint import Checkpointer
 
     spec = SEPARATION
@@ -285,12 +314,13 @@ def run_separation(bucket: str, workdir: Path, epochs: int, console: Console
             # read back from the bucket: what a restore would find
             rows = [CheckpointRow(info.step, [(f.name, f.size) for f in info.files], info.time)
                     for info in ckpt.list()]
+            restored = restore_newest(ckpt, mnt / spec.data_subdir, result, console)
         finally:
             try:
                 ckpt.close(timeout=60)
             except PailfsError as exc:  # already failing or interrupted: report, go on cleaning up
                 log.error("closing the Checkpointer: %s", exc)
-    return result, rows
+    return result, rows, restored
 
 
 def run_demo(*, endpoint: str | None = None, bucket: str = DEFAULT_BUCKET, epochs: int = DEFAULT_EPOCHS,
@@ -319,7 +349,8 @@ def run_demo(*, endpoint: str | None = None, bucket: str = DEFAULT_BUCKET, epoch
         after_rw = list_objects(bucket, LOGS_PREFIX)
         result.objects_left[READ_WRITE.key] = after_rw
 
-        result.runs[SEPARATION.key], result.checkpoints = run_separation(bucket, workdir, epochs, console)
+        result.runs[SEPARATION.key], result.checkpoints, result.restored = run_separation(
+            bucket, workdir, epochs, console)
         before = {key for key, _ in after_rw}
         result.objects_left[SEPARATION.key] = [(k, s) for k, s in list_objects(bucket, LOGS_PREFIX)
                                                if k not in before]

@@ -30,13 +30,32 @@ SEED = 0
 class CheckpointSink(Protocol):
     """Where checkpoints go. save() may block (that is what the demo measures);
     finish() waits for whatever save() left running in the background.
-    max_to_keep: checkpoints the sink keeps (0 = all), for the index file."""
+    max_to_keep: checkpoints the sink keeps (0 = all), for the index file.
+    save() serializes the checkpoint the way its framework would (inside the timing:
+    serializing is part of what training waits for)."""
 
     max_to_keep: int
 
-    def save(self, step: int, files: dict[str, bytes]) -> None: ...
+    def save(self, checkpoint: "Checkpoint") -> None: ...
 
     def finish(self) -> None: ...
+
+
+@dataclass
+class Checkpoint:
+    """The model at one step, serialized on demand: as files (TF style, the weights and
+    the `checkpoint` index) or as a state dict (torch style)."""
+
+    step: int
+    model: MLP
+    kept: list[str]  # checkpoint files the index lists, newest last
+
+    def files(self) -> dict[str, bytes]:
+        return {checkpoint_name(self.step): self.model.to_npz(self.step),
+                "checkpoint": checkpoint_index(checkpoint_name(self.step), self.kept)}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return self.model.state_dict(self.step)
 
 
 def checkpoint_name(step: int) -> str:
@@ -60,9 +79,9 @@ class DirectorySink:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
 
-    def save(self, step: int, files: dict[str, bytes]) -> None:
+    def save(self, checkpoint: Checkpoint) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
+        for name, data in checkpoint.files().items():
             # close() is where a read-write mount uploads: it is inside the timing
             with open(self.directory / name, "wb") as f:
                 f.write(data)
@@ -136,9 +155,8 @@ def train(data_dir: str | Path, sink: CheckpointSink, epochs: int, *,
                 kept.append(name)
                 if sink.max_to_keep:
                     kept = kept[-sink.max_to_keep:]
-                files = {name: model.to_npz(step), "checkpoint": checkpoint_index(name, kept)}
                 t1 = time.perf_counter()
-                sink.save(step, files)
+                sink.save(Checkpoint(step, model, list(kept)))
                 blocked = time.perf_counter() - t1
                 result.checkpoint_stalls.append((step, blocked))
                 emit(f"Save checkpoint at step {step}: {blocked:.4f} s blocked")

@@ -75,6 +75,8 @@ def check_port(port: int) -> int:
     if not 1 <= port <= 65535:
         raise BadOption(f"port {port} is out of range (1-65535)")
     with socket.socket() as sock:
+        # as weed binds (SO_REUSEADDR): connections of a killed server in TIME_WAIT do not count
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((BIND, port))
         except OSError as exc:
