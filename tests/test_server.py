@@ -324,3 +324,24 @@ def test_a_failure_after_the_launch_stops_the_server_it_started(tmp_path, monkey
         srv.start(["good-name"])
     assert not _weed_of(tmp_path / "srv")
     assert SeaweedServer(tmp_path / "srv").state() is None
+
+
+def test_the_new_secrets_stay_in_private_files(private_server):
+    """The JWT keys and the node key exist only in 0600 files of the 0700 data dir:
+    not in weed's argv (`ps`), not in weed.log, not in the environment weed got."""
+    import tomllib
+
+    from pailfs.procs import argv_of
+
+    srv, state, _bucket = private_server
+    security = tomllib.loads((srv.data_dir / "security.toml").read_text())
+    keys = [security["jwt"]["signing"]["key"], security["jwt"]["signing"]["read"]["key"],
+            security["jwt"]["filer_signing"]["key"], security["jwt"]["filer_signing"]["read"]["key"]]
+    assert len(set(keys)) == 4 and all(len(k) == 64 for k in keys)
+    node_key = (srv.data_dir / "tls" / "node.key").read_text().splitlines()[1]
+    public = " ".join(argv_of(state.pid)) + Path(f"/proc/{state.pid}/environ").read_bytes().decode(errors="replace")
+    public += srv.log_file.read_text(errors="replace")
+    assert not [k for k in [*keys, node_key] if k in public]
+    for path in [srv.data_dir / "security.toml", *(srv.data_dir / "tls").iterdir()]:
+        assert path.stat().st_mode & 0o077 == 0, path
+    assert not (srv.data_dir / "tls" / "ca.key").exists()  # the CA signs once and is forgotten
