@@ -565,3 +565,30 @@ def test_save_state_and_load_state_round_trip_a_state_dict_without_torch(url, mo
         # anything but a flat mapping of arrays needs torch, and says so
         with pytest.raises(CheckpointError, match=r"needs PyTorch \(pip install torch\)"):
             ck.save_state(101, {"optimizer": {"state": {}}})
+
+
+def test_leftover_staging_dirs_removed_are_only_this_users_own(url, tmp_path):
+    """A killed process leaves `.pailfs-ckpt-staging-<pid>-*` behind and the next
+    Checkpointer removes it; a directory of that name that another user owns, or a
+    symbolic link planted under that name, is left alone."""
+    from pailfs.checkpoint.snapshot import STAGING_PREFIX
+
+    base = tmp_path / "staging"
+    base.mkdir()
+    dead = 2**22 + 12345  # above the largest pid Linux allows (2**22): no process has it
+    ours = base / f"{STAGING_PREFIX}{dead}-ours"
+    ours.mkdir(mode=0o700)
+    (ours / "leftover").write_bytes(b"x")
+    theirs = base / f"{STAGING_PREFIX}{dead}-theirs"
+    theirs.mkdir(mode=0o700)
+    (theirs / "their-file").write_bytes(b"y")
+    os.chown(theirs, 65534, 65534)
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    (victim / "precious").write_bytes(b"z")
+    (base / f"{STAGING_PREFIX}{dead}-link").symlink_to(victim)
+    with Checkpointer(url, staging_dir=base) as ck:
+        ck.save(1, {"w.bin": b"w"}).result(30)
+    assert not ours.exists()
+    assert (theirs / "their-file").read_bytes() == b"y"
+    assert (victim / "precious").read_bytes() == b"z" and (base / f"{STAGING_PREFIX}{dead}-link").is_symlink()

@@ -256,5 +256,14 @@ def _remove_dead_roots(parent: str) -> None:
         return
     for n in names:
         pid = n[len(STAGING_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_running(int(pid)):
-            shutil.rmtree(os.path.join(parent, n), ignore_errors=True)
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_running(int(pid)):
+            continue
+        path = os.path.join(parent, n)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        # only a directory of this user's, as mkdtemp made it: in a shared /tmp a name
+        # like ours may belong to another user (or be a link someone planted)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
+            shutil.rmtree(path, ignore_errors=True)
