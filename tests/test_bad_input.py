@@ -410,7 +410,7 @@ def test_k8s_manifests_refuse_bad_values(args, expected):
 
 def test_endpoint_flag_is_checked_like_the_url_option(s3_env):
     line = one_line_error(pailfs("ls", "s3://bucket", "--endpoint", "http://[::1"))
-    assert "bad value for --endpoint" in line and "Invalid IPv6 URL" in line
+    assert "bad value for --endpoint" in line and "bad endpoint: Invalid IPv6 URL" in line
 
 
 # ==================================================================================

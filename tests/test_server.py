@@ -105,10 +105,15 @@ def test_a_shared_or_foreign_data_dir_is_refused_and_keeps_its_mode(tmp_path):
         assert (empty / "data").stat().st_mode & 0o077 == 0
     finally:
         pailfs("server", "stop", "--data-dir", str(empty), check=True)
-    # a new path is created 0700 whatever the umask
+    # the path the message suggests: status creates nothing there, start makes it 0700
     fresh = shared / "pailfs-seaweedfs"
     assert pailfs("server", "status", "--data-dir", str(fresh)).returncode == 3
-    assert not fresh.exists()  # status creates nothing
+    assert not fresh.exists()
+    from pailfs.server import SeaweedServer
+
+    SeaweedServer(fresh).claim_data_dir()
+    assert fresh.stat().st_mode & 0o7777 == 0o700 and (fresh / ".pailfs-server").is_file()
+    assert shared.stat().st_mode & 0o7777 == 0o1777
 
 
 # ==================================================================================

@@ -90,15 +90,16 @@ def _endpoint(text: str) -> str:
     urllib's ValueError from deep inside the store."""
     from urllib.parse import urlsplit
 
+    if not text:
+        raise ValueError("must not be empty")
     try:
         parts = urlsplit(text)
         port = parts.port  # raises ValueError for a bad port
     except ValueError as exc:
-        raise ValueError(f"not a URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected http://HOST[:PORT] or https://HOST[:PORT]")
-    if port == 0 or any(ord(c) < 0x21 for c in text):
-        raise ValueError("expected http://HOST[:PORT] or https://HOST[:PORT]")
+        raise ValueError(f"bad endpoint: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0 \
+            or any(ord(c) < 0x21 for c in text):
+        raise ValueError("bad endpoint: expected http://HOST[:PORT] or https://HOST[:PORT]")
     return text
 
 

@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 BIND = "127.0.0.1"
 REGION = "us-east-1"
 MARKER = ".pailfs-server"  # in a data dir pailfs created or adopted
-_IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 MARKER_TEXT = "a SeaweedFS data dir of pailfs (pailfs server start)\n"
+_IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 
 
 class ServerError(PailfsError):
@@ -71,7 +71,7 @@ def free_port() -> int:
 
 
 def check_port(port: int) -> int:
-    """A port number a user gave: in range and free on 127.0.0.1 (ServerError otherwise)."""
+    """A port number a user gave: in range (else BadOption) and free on 127.0.0.1 (else ServerError)."""
     if not 1 <= port <= 65535:
         raise BadOption(f"port {port} is out of range (1-65535)")
     with socket.socket() as sock:
@@ -96,7 +96,7 @@ def check_bucket_name(name: str) -> str:
     if reserved:
         raise BadOption(f"bucket name {name!r} is not valid: S3 bucket names are 3-63 characters of "
                         "lower-case letters, digits, '-' and '.', start and end with a letter or digit, "
-                        "and are not an IP address nor start with 'xn--' or end with '-s3alias'") from None
+                        "and are not an IP address nor start with 'xn--' or end with '-s3alias'")
     return name
 
 
