@@ -47,6 +47,9 @@ class Mounted:
         return not self.thread.is_alive()
 
 
+pytestmark = pytest.mark.mount
+
+
 @pytest.fixture
 def mount(tmp_path):
     """mount(fs, **FuseServer options) -> Mounted; every mount is gone after the test."""
