@@ -86,7 +86,8 @@ class Mutations:
         if existing is not None:
             if flags & os.O_EXCL:
                 raise errors.AlreadyExists(existing.key())
-            return existing, await self.open(existing.ino, flags | os.O_TRUNC)
+            # created by someone else since the kernel's lookup: O_CREAT alone opens it as it is
+            return existing, await self.open(existing.ino, flags)
         node = self.ns.new_node(pnode, name, False, mtime=time.time())
         node.meta = (stat.S_IFREG | (mode & 0o7777), None, None)
         self.ns.forget_missing(parent, name)
