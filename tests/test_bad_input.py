@@ -416,6 +416,7 @@ def test_endpoint_flag_is_checked_like_the_url_option(s3_env):
 # ==================================================================================
 # umount unmounts only pailfs mounts (#14.7)
 # ==================================================================================
+@pytest.mark.mount  # mounts a tmpfs: root
 def test_umount_refuses_what_is_not_a_pailfs_mount(tmp_path):
     import subprocess
 

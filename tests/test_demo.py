@@ -241,6 +241,7 @@ def test_demo_quick_against_real_server(tmp_path, seaweed, bucket, s3_env):
     assert list((tmp_path / "tmp").iterdir()) == []  # mountpoints and work dir removed
 
 
+@pytest.mark.server  # the demo starts its own SeaweedFS
 def test_demo_with_embedded_server_cleans_up(tmp_path):
     """`make demo`'s path: the demo starts SeaweedFS itself and stops it again."""
     env = {k: v for k, v in os.environ.items()

@@ -11,6 +11,9 @@ import pytest
 
 from mounts import pailfs
 
+# every test here starts (or means to start) a SeaweedFS of its own through `pailfs server`
+pytestmark = pytest.mark.server
+
 
 def _weed_files_in_tmp() -> set[str]:
     return {p.name for p in Path("/tmp").iterdir() if p.name.startswith(("seaweedfs-", "weed."))}
