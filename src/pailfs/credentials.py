@@ -235,8 +235,6 @@ class RefreshingCredentials:
         self._forced = False
         if old is None:
             raise BadCredentials(f"no credentials from {self.source}: {reason}")
-        log.warning("credentials from %s expired at %s and could not be refreshed (%s)",
-                    self.source, _when(old.expires_at), reason)
         raise CredentialsExpired(f"credentials from {self.source} expired at {_when(old.expires_at)} "
                                  f"and could not be refreshed: {reason}")
 

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import re
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
@@ -229,16 +230,21 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
 
 
-async def retrying(attempt: Callable[[], Awaitable[T]], retries: int,
+async def retrying(attempt: Callable[[], Awaitable[T]], retries: int, window: float,
                    credentials: CredentialSource | None = None, what: str = "request") -> T:
-    """Run attempt() until it succeeds, fails for good, or `retries` retries of temporary
-    failures (with exponential backoff) are spent. Before each attempt, temporary
-    credentials are refreshed when due; a refusal that new credentials can cure
-    (ExpiredToken...) fetches them and tries once more, outside the retry budget."""
+    """Run attempt() until it succeeds or fails for good. A temporary failure (5xx,
+    SlowDown, a refused, broken or timed-out connection) is retried with exponential
+    backoff, at most `retries` times, and not once `window` seconds (readwrite_timeout)
+    have passed since the first attempt: a request that already took the whole
+    timeout is not sent again (obstore's retry_timeout, now the rule of both clients).
+    Before each attempt, temporary credentials are refreshed when due; a refusal
+    that new credentials can cure (ExpiredToken...) fetches them and tries once
+    more, outside the retry budget."""
+    started = time.monotonic()
     tries = 0
     refetched = False
     while True:
-        if credentials is not None:
+        if credentials is not None and credentials.refreshable:
             await credentials.fresh()
         try:
             return await attempt()
@@ -253,8 +259,9 @@ async def retrying(attempt: Callable[[], Awaitable[T]], retries: int,
                          what, credentials.source, failure.code)
                 credentials.invalidate()
                 continue
-            if not failure.temporary or tries >= retries:
+            pause = min(BACKOFF_FIRST * 2 ** tries, BACKOFF_MAX)
+            if not failure.temporary or tries >= retries or time.monotonic() - started + pause >= window:
                 raise
             log.debug("%s: %s, retrying", what, failure.detail)
-        await asyncio.sleep(min(BACKOFF_FIRST * 2 ** tries, BACKOFF_MAX))
+        await asyncio.sleep(pause)
         tries += 1

@@ -184,6 +184,7 @@ class S3Store(ObjectStore):
         self.parallel = opts.parallel_count
         self.max_multireq = opts.max_multireq
         self.retries = opts.retries
+        self.timeout = opts.readwrite_timeout
         self._credentials = credentials
         self._bucket_known = False
         ca_file = opts.values.get("ca_file")
@@ -200,7 +201,7 @@ class S3Store(ObjectStore):
         if self._credentials is None:
             auth = {"skip_signature": True}
         else:
-            auth = {"credential_provider": self._obstore_credentials}
+            auth = {"credential_provider": self._obstore_credentials, "skip_signature": False}
         client: dict[str, object] = {
             "allow_http": self.address.scheme == "http",
             "connect_timeout": timedelta(seconds=opts.connect_timeout),
@@ -232,7 +233,7 @@ class S3Store(ObjectStore):
 
     async def _obs_call(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         """One obstore call under the store's retry rule (errors raised untranslated)."""
-        return await retrying(call, self.retries, self._credentials, what)
+        return await retrying(call, self.retries, self.timeout, self._credentials, what)
 
     @property
     def api(self) -> S3Api:

@@ -82,7 +82,7 @@ class S3Api:
             return resp
 
         try:
-            return await retrying(attempt, self.retries, self.credentials, f"{method} {bucket}/{key}")
+            return await retrying(attempt, self.retries, self.timeout, self.credentials, f"{method} {bucket}/{key}")
         except TemporaryResponse as last:
             return last.response
 
