@@ -26,6 +26,7 @@ import secrets
 import subprocess
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -190,7 +191,8 @@ class CloudWeed:
         def field(name: str) -> str:
             return text.split(f"<{name}>", 1)[1].split(f"</{name}>", 1)[0]
 
-        return Credentials(field("AccessKeyId"), field("SecretAccessKey"), field("SessionToken"),
+        expires = datetime.fromisoformat(field("Expiration").replace("Z", "+00:00")).timestamp()
+        return Credentials(field("AccessKeyId"), field("SecretAccessKey"), field("SessionToken"), expires,
                            source="test STS")
 
 

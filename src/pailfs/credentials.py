@@ -110,7 +110,7 @@ class Credentials:
     access_key: str
     secret_key: str = ""
     token: str | None = None
-    expires_at: float | None = None  # seconds since the epoch; None: never
+    expires_at: float | None = field(default=None, compare=False)  # seconds since the epoch; None: never
     # where they came from ("env AWS_ACCESS_KEY_ID", a passwd file...), for error hints
     source: str = field(default="", compare=False)
 

@@ -45,8 +45,8 @@ import obstore.exceptions as obx
 from obstore.store import S3Store as _ObstoreS3
 
 from pailfs.config import MB, Options, parse_options
-from pailfs.credentials import Credentials, CredentialSource, tls_context
-from pailfs.errors import StoreError
+from pailfs.credentials import Credentials, CredentialSource, CredentialsExpired, tls_context
+from pailfs.errors import BadCredentials, PailfsError, StoreError
 from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn
 from pailfs.store.endpoint import Endpoint, parse_endpoint
 from pailfs.store.failure import REQUEST_ERRORS, Failure, failure_of, retrying, translate
@@ -258,7 +258,14 @@ class S3Store(ObjectStore):
         self.stats.errors += 1
         return translate(failure, op, self._where(key), self.bucket, self.endpoint, self._credentials)
 
+    def _credential_error(self, exc: BadCredentials | CredentialsExpired, op: str, key: str | None) -> PailfsError:
+        """The credential source failed (no request was sent): its message, naming the operation."""
+        self.stats.errors += 1
+        return type(exc)(f"{op} {self._where(key)}: {exc}")
+
     async def _raise(self, exc: BaseException | httpx.Response, op: str, key: str | None) -> NoReturn:
+        if isinstance(exc, (BadCredentials, CredentialsExpired)):
+            raise self._credential_error(exc, op, key) from None
         failure = failure_of(exc)
         # a bodyless 404 (HEAD) does not say whether the key or the bucket is missing
         if failure.status == 404 and failure.code is None and not self._bucket_known:
@@ -277,6 +284,8 @@ class S3Store(ObjectStore):
         try:
             resp = await self._api.request(method, self.bucket if bucket is None else bucket, key,
                                            query=query, headers=headers, body=body)
+        except (BadCredentials, CredentialsExpired) as exc:
+            raise self._credential_error(exc, op, err_key) from None
         except REQUEST_ERRORS as exc:
             raise self._error(failure_of(exc), op, err_key) from None
         if resp.status_code not in ok:
@@ -561,6 +570,8 @@ class S3Store(ObjectStore):
             headers.update(self._meta_headers(_check_metadata(metadata)))
         try:
             resp = await self._api.request("PUT", self.bucket, full_dst, headers=headers)
+        except (BadCredentials, CredentialsExpired) as exc:
+            raise self._credential_error(exc, "copy", src) from None
         except REQUEST_ERRORS as exc:
             raise self._error(failure_of(exc), "copy", src) from None
         # a copy may fail after "200 OK" with an <Error> body
