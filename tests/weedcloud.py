@@ -180,11 +180,14 @@ class CloudWeed:
     def sts_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def assume(self, token: str) -> Credentials:
-        """Session credentials for a web identity token, straight from SeaweedFS's STS."""
-        resp = httpx.post(self.sts_endpoint + "/", data={
-            "Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15", "RoleArn": ROLE_ARN,
-            "RoleSessionName": "pailfs-test", "WebIdentityToken": token}, timeout=10)
+    def assume(self, token: str, duration: int | None = None) -> Credentials:
+        """Session credentials for a web identity token, straight from SeaweedFS's STS
+        (the server's 4-second sessions, or `duration` seconds: 900 at least)."""
+        form = {"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15", "RoleArn": ROLE_ARN,
+                "RoleSessionName": "pailfs-test", "WebIdentityToken": token}
+        if duration:
+            form["DurationSeconds"] = str(duration)
+        resp = httpx.post(self.sts_endpoint + "/", data=form, timeout=10)
         assert resp.status_code == 200, resp.text[:300]
         text = resp.text
 
