@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from pailfs.cli import app
+from pailfs.cli.app import app
 
 SYSTEMS_HELP = "Comma-separated: pailfs-ro, pailfs-rw, s3fs, rclone, sdk, local."
 WORKLOADS_HELP = "Comma-separated: mnist, walk, read1, read1-open, read8, big, create, write-big, checkpoint."

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from pailfs.cli import app
+from pailfs.cli.app import app, fail
 from pailfs.csi import DEFAULT_MOUNT_TIMEOUT, DEFAULT_STATE_DIR
 from pailfs.k8s.manifests import DEFAULT_OTHER_OPTS, REGISTRAR_IMAGE, PatternSpec, driver_manifests, \
     pattern_manifests, to_yaml
@@ -44,7 +44,6 @@ def manifests(
     oidc_provider_arn: str = typer.Option("", "--oidc-provider-arn", help="OIDC provider ARN of --auth rrsa."),
 ) -> None:
     """Print a Secret (or ServiceAccount), a ReadOnlyMany PV and PVC for the data set, and a Job using them."""
-    from pailfs.cli import fail  # defined after the command modules are imported
 
     if auth not in ("secret", "irsa", "rrsa"):
         raise fail(f"--auth must be secret, irsa or rrsa, not {auth!r}")
