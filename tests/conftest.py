@@ -16,7 +16,7 @@ from pailfs.store.s3api import S3Api
 
 
 # Fixtures that start or use a real SeaweedFS: a test that uses one is a `server` test.
-SERVER_FIXTURES = frozenset({"seaweed", "private_server"})
+SERVER_FIXTURES = frozenset({"seaweed", "private_server", "cloud"})
 
 
 def pytest_collection_modifyitems(config, items):

@@ -75,6 +75,7 @@ def context_for(cloud, bucket: str, **extra: str) -> dict[str, str]:
             "otherOpts": "max_stat_cache_size=0", **extra}
 
 
+@pytest.mark.mount
 def test_secret_with_a_session_token(cloud, data, node, tmp_path):
     service, targets = node
     session = cloud.assume(cloud.issuer.token(), duration=900)
@@ -99,6 +100,7 @@ def test_secret_with_a_session_token(cloud, data, node, tmp_path):
     assert session.secret_key not in caught.value.message
 
 
+@pytest.mark.mount
 def test_irsa_pv_mounts_with_the_pods_token_and_follows_republish(cloud, data, node, tmp_path):
     service, targets = node
     target = tmp_path / "pod" / "mount"

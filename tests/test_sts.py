@@ -394,6 +394,7 @@ def test_instance_metadata_unreachable_is_one_line(cloud_bucket, clean_env):
 
 
 # --- long-lived users: a mount and a Checkpointer ------------------------------------------------------
+@pytest.mark.mount
 def test_long_lived_mount_reads_across_five_refreshes(cloud, cloud_bucket, irsa, tmp_path):
     """The measurement of the closing note: a mount on 4-second STS sessions, a reader
     looping over its files (every open asks the store: max_stat_cache_size=0) until

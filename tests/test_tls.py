@@ -19,7 +19,7 @@ from pailfs import Checkpointer
 from pailfs.errors import BadOption, StoreUnavailable
 from pailfs.store import open_store
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.mount]
 
 
 def pailfs(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:

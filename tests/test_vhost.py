@@ -25,7 +25,7 @@ import pytest
 from pailfs.store import open_store
 from weedcloud import AWS_HOST, DOMAIN, OSS_HOST, private_hosts
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.mount]
 
 # Runs inside the namespace; prints one JSON object of what each step saw.
 JOB = textwrap.dedent('''

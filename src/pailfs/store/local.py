@@ -377,7 +377,12 @@ class LocalStore(ObjectStore):
         await self._run("open", None, self._require_root)
 
     async def create_bucket(self) -> None:
-        await self._run("create bucket", None, lambda: self.root.mkdir(parents=True))
+        def create() -> None:
+            try:
+                self.root.mkdir(parents=True)
+            except FileExistsError:
+                raise StoreError(f"create bucket {self.url}: it already exists") from None
+        await self._run("create bucket", None, create)
 
     async def abort_stale_uploads(self, older_than: float, prefix: str = "",
                                   select: Callable[[str], bool] | None = None) -> int:
