@@ -331,13 +331,50 @@ This table is generated from `src/pailfs/config.py`
 """
 
 CONFIGURATION_FOOTER = """
+## Endpoints
+
+`url=` (or `--endpoint`, env `PAILFS_ENDPOINT`) is `host`, `host:port` or
+`scheme://host[:port]`; **without a scheme it is https**, so the endpoints ossfs
+and ACK PVs write (`oss-cn-hangzhou.aliyuncs.com`) work as they are.
+`addressing=auto` (the default) sends virtual-hosted requests
+(`https://bucket.host/key`) to OSS (`*.aliyuncs.com`) and AWS (`*.amazonaws.com`)
+hosts and path-style requests (`https://host/bucket/key`) to IP addresses,
+`localhost` and every other host; `addressing=virtual` or `=path` forces one
+(`use_path_request_style` and `virtual_hosted` are the s3fs/ossfs spellings).
+The signing region is `region=` when given, else the one in an OSS or AWS host
+name, else `us-east-1`. https is verified against the system CAs plus `ca_file=`
+(or `AWS_CA_BUNDLE`); there is no switch to turn verification off. Uploads are
+plain signed PUTs, never aws-chunked. Every provider and cloud, with tested
+command lines: [clouds.md](clouds.md).
+
 ## Credentials
 
-In this order: the `passwd_file=` option; `/etc/passwd-pailfs`; `~/.passwd-pailfs`
-(ossfs format: `bucket:AK:SK` lines for one bucket, or `AK:SK`; the file must be
-mode 0600 or 0400); env `OSS_ACCESS_KEY_ID`/`OSS_ACCESS_KEY_SECRET`; env
-`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`. Secrets never appear in logs, in
-the command line of any process pailfs starts, or in error messages.
+One chain, in this order; the first source that is configured is used, for
+mounts, `pailfs cp/ls/...`, the Checkpointer, `pailfs.open_store` and the CSI
+plugin alike:
+
+| # | source | credentials |
+| --- | --- | --- |
+| 1 | `passwd_file=FILE` | ossfs format: `bucket:AK:SK[:TOKEN]` lines for one bucket, or `AK:SK`; mode 0600 or 0400 |
+| 2 | `credential_process=CMD` | temporary: the command's AWS JSON (`AccessKeyId`, `SecretAccessKey`, `SessionToken`, `Expiration`), run again before expiry |
+| 3 | `ram_role=NAME` / `iam_role=NAME` | temporary: ECS / EC2 instance metadata (`auto`: the instance's role; `metadata_url=` moves the service) |
+| 4 | `/etc/passwd-pailfs`, then `~/.passwd-pailfs` | as 1, when the file exists |
+| 5 | env `OSS_ACCESS_KEY_ID` / `OSS_ACCESS_KEY_SECRET` (+ `OSS_SESSION_TOKEN`) | static, or an STS token as given |
+| 6 | env `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`) | static, or an STS token as given |
+| 7 | env `ALIBABA_CLOUD_ROLE_ARN`, `ALIBABA_CLOUD_OIDC_PROVIDER_ARN`, `ALIBABA_CLOUD_OIDC_TOKEN_FILE` (ACK RRSA) | temporary: STS AssumeRoleWithOIDC with the token file |
+| 8 | env `AWS_ROLE_ARN`, `AWS_WEB_IDENTITY_TOKEN_FILE` (EKS IRSA) | temporary: STS AssumeRoleWithWebIdentity with the token file |
+| 9 | none of these | anonymous requests |
+
+Temporary credentials are fetched again once two thirds of their life has
+passed (at most 5 minutes before they expire), so a mount or a training job
+that lives for days never remounts. A refresh that fails is logged (without a
+secret) and retried while the current credentials still work; only once they
+have expired do requests fail, with one line saying so. The STS endpoint is
+`sts_endpoint=` (env `PAILFS_STS_ENDPOINT`, `AWS_STS_ENDPOINT`), by default
+`sts[.ALIBABA_CLOUD_STS_REGION].aliyuncs.com` for RRSA and
+`sts.REGION.amazonaws.com` for IRSA. A credential process runs without a shell
+(its words split like sh) and its stderr is never read. Secrets never appear in
+logs, in the command line of any process pailfs starts, or in error messages.
 
 ## Kernel timeouts follow the stat cache
 
