@@ -10,7 +10,6 @@ import hashlib
 import os
 import socket
 import time
-from pathlib import Path
 
 import pytest
 

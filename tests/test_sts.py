@@ -27,16 +27,14 @@ import urllib.parse
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
 from mounts import mount_stats, mounted
 from pailfs import Checkpointer
 from pailfs.config import parse_options
-from pailfs.credentials import Credentials, CredentialsExpired, RefreshingCredentials, resolve_credentials
+from pailfs.credentials import Credentials, RefreshingCredentials, resolve_credentials
 from pailfs.errors import AccessDenied, BadCredentials
 from pailfs.server import free_port
-from pailfs.store import open_store
 from pailfs.store.s3 import S3Store
 from weedcloud import ROLE_ARN
 

@@ -32,11 +32,10 @@ import logging
 import os
 import re
 import time
-import uuid
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, BinaryIO, Callable, Mapping, NoReturn, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, Mapping, NoReturn, TypeVar
 from xml.sax.saxutils import escape as xml_escape
 
 import httpx
@@ -50,6 +49,7 @@ from pailfs.errors import BadCredentials, PailfsError, StoreError
 from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn
 from pailfs.store.endpoint import Endpoint, parse_endpoint
 from pailfs.store.failure import REQUEST_ERRORS, Failure, failure_of, retrying, translate
+from pailfs.store.files import ProgressReader, commit_temp, discard_temp, open_temp, write_new_file
 from pailfs.store.listxml import NS as _NS, iso_date, parse_list
 from pailfs.store.s3api import S3Api
 from pailfs.store.sigv4 import uri_encode
@@ -97,73 +97,6 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
                              "values are printable ASCII")
         out[name.lower()] = value
     return out
-
-
-class _ProgressReader:
-    """A file object that reports bytes as obstore reads them (called from obstore's threads)."""
-
-    def __init__(self, f: BinaryIO, progress: ProgressFn | None) -> None:
-        self._f = f
-        self._progress = progress
-        self._sent = 0
-
-    def rewind(self) -> None:
-        """Back to the first byte for another attempt; progress is taken back too."""
-        self._f.seek(0)
-        if self._sent and self._progress:
-            self._progress(-self._sent)
-        self._sent = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._f.read(size)
-        if data:
-            self._sent += len(data)
-            if self._progress:
-                self._progress(len(data))
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._f.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.pailfs-{uuid.uuid4().hex[:8]}")
-
-
-def _write_new_file(path: Path, data: bytes) -> None:
-    """Write data to a temp file beside path, then rename it over path."""
-    tmp = _temp_name(path)
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _open_temp(path: Path) -> tuple[Path, int]:
-    tmp = _temp_name(path)
-    return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-
-
-def _commit_temp(fd: int, tmp: Path, path: Path) -> None:
-    os.close(fd)
-    os.replace(tmp, path)
-
-
-def _discard_temp(fd: int, tmp: Path) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass  # already closed by _commit_temp
-    tmp.unlink(missing_ok=True)
 
 
 class S3Store(ObjectStore):
@@ -295,10 +228,6 @@ class S3Store(ObjectStore):
         self._bucket_known = True
         return resp
 
-    def _attributes(self, metadata: Mapping[str, str] | None) -> dict[str, str] | None:
-        meta = _check_metadata(metadata)
-        return meta or None
-
     @staticmethod
     def _meta_headers(metadata: Mapping[str, str]) -> dict[str, str]:
         return {f"x-amz-meta-{k}": v for k, v in metadata.items()}
@@ -379,7 +308,7 @@ class S3Store(ObjectStore):
         if not obstore_can_spell(full):
             data = await self.get(key)
             info = await self.head(key)
-            await self._local(key, path, _write_new_file, path, data)
+            await self._local(key, path, write_new_file, path, data)
             if progress:
                 progress(len(data))
             return info
@@ -397,11 +326,11 @@ class S3Store(ObjectStore):
         metadata = {k.lower(): v for k, v in first.attributes.items() if k not in _HEADER_ATTRIBUTES}
         info = ObjectInfo(key, size, meta["last_modified"].timestamp(), etag, metadata)
         if size <= part:
-            await self._local(key, path, _write_new_file, path, data)
+            await self._local(key, path, write_new_file, path, data)
             if progress:
                 progress(len(data))
             return info
-        tmp, fd = await self._local(key, path, _open_temp, path)
+        tmp, fd = await self._local(key, path, open_temp, path)
         try:
             await self._local(key, path, os.pwrite, fd, data, 0)
             if progress:
@@ -428,9 +357,9 @@ class S3Store(ObjectStore):
                         tg.create_task(fetch(start))
             except BaseExceptionGroup as group:
                 raise group.exceptions[0] from None
-            await self._local(key, path, _commit_temp, fd, tmp, path)
+            await self._local(key, path, commit_temp, fd, tmp, path)
         except BaseException:
-            await asyncio.to_thread(_discard_temp, fd, tmp)
+            await asyncio.to_thread(discard_temp, fd, tmp)
             raise
         return info
 
@@ -490,7 +419,7 @@ class S3Store(ObjectStore):
                 return info
             # multipart: obstore aborts the upload when a part fails, so no object appears;
             # a retry starts a new upload from the first byte
-            source = _ProgressReader(f, progress)
+            source = ProgressReader(f, progress)
 
             async def upload() -> dict:
                 source.rewind()
