@@ -15,13 +15,11 @@ have expired.
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import logging
 import os
 import re
 import sys
-import threading
 import time
 import urllib.parse
 from datetime import datetime
@@ -36,7 +34,7 @@ from pailfs.credentials import Credentials, RefreshingCredentials, resolve_crede
 from pailfs.errors import AccessDenied, BadCredentials
 from pailfs.server import free_port
 from pailfs.store.s3 import S3Store
-from weedcloud import ROLE_ARN
+from weedcloud import ROLE_ARN, LocalService, QuietHandler
 
 pytestmark = pytest.mark.timeout(240)
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "OSS_ACCESS_KEY_ID",
@@ -153,43 +151,30 @@ def test_irsa_web_identity_refreshes_before_expiry(cloud, cloud_bucket, irsa, ca
     assert not any(s in r.getMessage() for r in caplog.records for s in secrets)
 
 
-class AlibabaStsAdapter:
+class AlibabaStsAdapter(LocalService):
     """Alibaba's STS API shape (POST AssumeRoleWithOIDC, JSON answer) on 127.0.0.1,
     answered with real session credentials from SeaweedFS's AssumeRoleWithWebIdentity."""
 
     def __init__(self, cloud) -> None:
         self.calls: list[dict[str, str]] = []
-        adapter = self
+        calls = self.calls
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802
                 form = dict(urllib.parse.parse_qsl(self.rfile.read(int(self.headers["content-length"])).decode()))
-                adapter.calls.append(form)
+                calls.append(form)
                 if form.get("Action") != "AssumeRoleWithOIDC" or not form.get("OIDCProviderArn"):
-                    body, status = {"Code": "InvalidParameter"}, 400
-                else:
-                    creds = cloud.assume(form["OIDCToken"])
-                    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(creds.expires_at))
-                    body, status = {"RequestId": "test", "Credentials": {
-                        "AccessKeyId": creds.access_key, "AccessKeySecret": creds.secret_key,
-                        "SecurityToken": creds.token, "Expiration": when}}, 200
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                    return self.reply(400, {"Code": "InvalidParameter"})
+                creds = cloud.assume(form["OIDCToken"])
+                self.reply(200, {"RequestId": "test", "Credentials": {
+                    "AccessKeyId": creds.access_key, "AccessKeySecret": creds.secret_key,
+                    "SecurityToken": creds.token, "Expiration": iso(creds.expires_at)}})
 
-            def log_message(self, *args: object) -> None:
-                pass
+        super().__init__(Handler)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def test_rrsa_ack_environment(cloud, cloud_bucket, clean_env, tmp_path, monkeypatch):
@@ -311,63 +296,46 @@ def test_refresh_failure_is_retried_logged_without_secrets_then_one_clear_error(
 
 
 # --- instance metadata -----------------------------------------------------------------------------
-class MetadataService:
+class MetadataService(LocalService):
     """ECS (100.100.100.200) and EC2 (IMDSv2) metadata shapes on 127.0.0.1, handing out
     SeaweedFS STS sessions for the role PailfsRole."""
 
     def __init__(self, cloud) -> None:
         self.fetches = {"ecs": 0, "ec2": 0}
-        service = self
+        fetches = self.fetches
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _send(self, status: int, body: str) -> None:
-                data = body.encode()
-                self.send_response(status)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(QuietHandler):
             def do_PUT(self) -> None:  # noqa: N802
                 if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
-                    return self._send(200, "ec2-session-token")
+                    return self.reply(200, "ec2-session-token", "text/plain")
                 if self.path == "/latest/api/token" and self.headers.get("X-aliyun-ecs-metadata-token-ttl-seconds"):
-                    return self._send(200, "ecs-session-token")
-                self._send(400, "")
+                    return self.reply(200, "ecs-session-token", "text/plain")
+                self.reply(400, "", "text/plain")
 
             def do_GET(self) -> None:  # noqa: N802
                 ecs = re.fullmatch(r"/latest/meta-data/ram/security-credentials/(\w*)", self.path)
                 ec2 = re.fullmatch(r"/latest/meta-data/iam/security-credentials/(\w*)", self.path)
                 if ec2 and self.headers.get("X-aws-ec2-metadata-token") != "ec2-session-token":
-                    return self._send(401, "")
+                    return self.reply(401, "", "text/plain")
                 if ecs and self.headers.get("X-aliyun-ecs-metadata-token") != "ecs-session-token":
-                    return self._send(403, "")
+                    return self.reply(403, "", "text/plain")
                 match = ecs or ec2
                 if match is None or match.group(1) not in ("", "PailfsRole"):
-                    return self._send(404, "")
+                    return self.reply(404, "", "text/plain")
                 if not match.group(1):
-                    return self._send(200, "PailfsRole\n")
+                    return self.reply(200, "PailfsRole\n", "text/plain")
                 creds = cloud.assume(cloud.issuer.token())
-                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(creds.expires_at))
+                fetches["ecs" if ecs else "ec2"] += 1
                 if ecs:
-                    service.fetches["ecs"] += 1
                     body = {"AccessKeyId": creds.access_key, "AccessKeySecret": creds.secret_key,
-                            "SecurityToken": creds.token, "Expiration": when, "Code": "Success"}
+                            "SecurityToken": creds.token, "Expiration": iso(creds.expires_at), "Code": "Success"}
                 else:
-                    service.fetches["ec2"] += 1
                     body = {"Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": creds.access_key,
-                            "SecretAccessKey": creds.secret_key, "Token": creds.token, "Expiration": when}
-                self._send(200, json.dumps(body))
+                            "SecretAccessKey": creds.secret_key, "Token": creds.token,
+                            "Expiration": iso(creds.expires_at)}
+                self.reply(200, body)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.mark.parametrize("option, kind", [("ram_role=PailfsRole", "ecs"), ("ram_role=auto", "ecs"),

@@ -82,7 +82,35 @@ class TestCA:
         return cert, key
 
 
-class OidcIssuer:
+class LocalService:
+    """A small HTTP service on 127.0.0.1 (an OIDC issuer, an STS, a metadata service)
+    answering with `handler`, a BaseHTTPRequestHandler subclass; `reply()` sends a body."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._server.serve_forever, name="local-service", daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    def reply(self, status: int, body: object, content_type: str = "application/json") -> None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class OidcIssuer(LocalService):
     """An OIDC issuer on 127.0.0.1: /.well-known/openid-configuration and /keys (JWKS)."""
 
     def __init__(self, directory: Path) -> None:
@@ -92,26 +120,15 @@ class OidcIssuer:
         modulus = _openssl("rsa", "-in", str(self.key), "-noout", "-modulus").decode().strip().split("=", 1)[1]
         jwk = {"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256",
                "n": _b64url(bytes.fromhex(modulus)), "e": _b64url((65537).to_bytes(3, "big"))}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        documents = {"/.well-known/openid-configuration": {"issuer": self.url, "jwks_uri": self.url + "/keys"},
-                     "/keys": {"keys": [jwk]}, "/.well-known/jwks.json": {"keys": [jwk]}}
+        documents: dict[str, object] = {"/keys": {"keys": [jwk]}, "/.well-known/jwks.json": {"keys": [jwk]}}
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802
-                body = json.dumps(documents.get(self.path.split("?")[0], {})).encode()
-                self.send_response(200 if self.path.split("?")[0] in documents else 404)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                path = self.path.split("?")[0]
+                self.reply(200 if path in documents else 404, documents.get(path, {}))
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="oidc-issuer", daemon=True)
-        self._thread.start()
+        super().__init__(Handler)
+        documents["/.well-known/openid-configuration"] = {"issuer": self.url, "jwks_uri": self.url + "/keys"}
 
     def token(self, subject: str = "system:serviceaccount:default:pailfs", audience: str = AUDIENCE,
               ttl: int = 3600) -> str:
@@ -122,10 +139,6 @@ class OidcIssuer:
                                      "iat": now, "exp": now + ttl}).encode())
         signature = _openssl("dgst", "-sha256", "-sign", str(self.key), input=f"{head}.{claims}".encode())
         return f"{head}.{claims}.{_b64url(signature)}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 class CloudWeed:
