@@ -171,14 +171,16 @@ def failure_of(exc: BaseException | httpx.Response) -> Failure:
         if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
             return Failure(transport="connection broken mid-transfer")
         return Failure(transport="connection failed")
+    # obstore: the exception class where it says something; its text (never shown) only
+    # for what no class carries: the status of a GenericError, the S3 error code, the cause
     status = next((s for cls, s in _OBSTORE_STATUS.items() if isinstance(exc, cls)), None)
     text = str(exc)
-    found = _STATUS_RE.search(text)
-    if found:
-        status = int(found.group(1))
+    if status is None:
+        found = _STATUS_RE.search(text)
+        status = int(found.group(1)) if found else None
     code = _CODE_RE.search(text)
     transport = None
-    if status is None:  # obstore's GenericError: its text names the cause; it is never shown
+    if status is None:
         if _TLS_NAME_RE.search(text):
             transport = "TLS: the certificate does not name this host"
         elif _TLS_CA_RE.search(text):
