@@ -334,9 +334,9 @@ def test_full_staging_disk_is_enospc_not_a_partial_object(bucket, s3_env, tmp_pa
     ("logfile={tmp}", "is a directory"),
     ("staging_dir={file}", "is not a directory"),
     ("use_cache={file}/sub", "which is not a directory"),
-    ("url=http://[::1", "Invalid IPv6 URL"),
-    ("url=http://127.0.0.1:99999", "Port out of range"),
-    ("url=ftp://host", "expected http://HOST[:PORT]"),
+    ("url=http://[::1", "bad endpoint 'http://[::1'"),
+    ("url=http://127.0.0.1:99999", "bad endpoint 'http://127.0.0.1:99999'"),
+    ("url=ftp://host", "the scheme must be http or https"),
 ])
 def test_mount_options_used_later_fail_before_the_mount_detaches(option, reason, bucket, s3_env, tmp_path):
     """logfile, staging_dir and use_cache are only used once the mount runs: a bad one
@@ -349,7 +349,7 @@ def test_mount_options_used_later_fail_before_the_mount_detaches(option, reason,
     mnt.mkdir()
     spec = option.format(tmp=tmp_path, file=afile)
     line = one_line_error(pailfs("mount", bucket, str(mnt), "-o", spec, timeout=60))
-    assert "bad value for option" in line and reason in line
+    assert reason in line
     assert not is_mounted(mnt) and not pids_with_argument(str(mnt), words=("mount", "-f"))
     assert afile.read_bytes() == b"x"
 
@@ -396,7 +396,7 @@ def test_local_paths_that_cannot_be_written_are_one_line(bucket, s3_env, tmp_pat
 
 @pytest.mark.parametrize("args, expected", [
     (["--bucket", "ml"], "bucket name 'ml' must be 3-63"),
-    (["--url", "http://[::1"], "bad value for --url"),
+    (["--url", "http://[::1"], "bad endpoint 'http://[::1'"),
     (["--command", "python 'train.py"], "bad value for --command"),
 ])
 def test_k8s_manifests_refuse_bad_values(args, expected):
@@ -410,7 +410,7 @@ def test_k8s_manifests_refuse_bad_values(args, expected):
 
 def test_endpoint_flag_is_checked_like_the_url_option(s3_env):
     line = one_line_error(pailfs("ls", "s3://bucket", "--endpoint", "http://[::1"))
-    assert "bad value for --endpoint" in line and "bad endpoint: Invalid IPv6 URL" in line
+    assert "bad endpoint 'http://[::1'" in line
 
 
 # ==================================================================================

@@ -26,7 +26,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TimeRemainingColumn, TransferSpeedColumn)
 
 from pailfs.cli.app import app
-from pailfs.config import Options, parse_options, parse_value
+from pailfs.config import Options, parse_options
 from pailfs.errors import BadOption, NotFound, PailfsError, StoreError
 from pailfs.store import open_store
 from pailfs.store.base import ObjectInfo, ObjectStore
@@ -44,7 +44,7 @@ QuietArg = typer.Option(False, "-q", "--quiet", help="No progress bar and no sum
 
 def _options(option: list[str], endpoint: str | None) -> Options:
     opts = parse_options(option)
-    return opts.with_(url=parse_value("url", endpoint, "--endpoint")) if endpoint else opts
+    return opts.with_(url=endpoint) if endpoint else opts
 
 
 def _remote(text: str, *, allow_no_bucket: bool = False) -> StoreURL:

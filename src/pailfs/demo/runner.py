@@ -326,11 +326,11 @@ def run_separation(bucket: str, workdir: Path, epochs: int, console: Console
 def run_demo(*, endpoint: str | None = None, bucket: str = DEFAULT_BUCKET, epochs: int = DEFAULT_EPOCHS,
              console: Console | None = None) -> DemoResult:
     """Upload the data, run both trainings and collect what the report shows."""
-    from pailfs.config import parse_value
     from pailfs.server import check_bucket_name
+    from pailfs.store.endpoint import parse_endpoint
 
     if endpoint:  # bad input fails before anything is built or started
-        endpoint = parse_value("url", endpoint, "--endpoint")
+        parse_endpoint(endpoint)
     check_bucket_name(bucket)
     console = console or Console()
     started = time.perf_counter()

@@ -37,10 +37,11 @@ from pathlib import Path
 import httpx
 import platformdirs
 
+from pailfs.credentials import Credentials
 from pailfs.errors import BadOption, PailfsError
 from pailfs.procs import argv_of, pid_running, start_time
 from pailfs.server.security import write_private, write_security_config
-from pailfs.store.s3api import Credentials, S3Api
+from pailfs.store.s3api import S3Api
 from pailfs.store.url import check_bucket
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,12 @@ class ServerState:
 class SeaweedServer:
     """One SeaweedFS all-in-one server (master, volume, filer, S3) in a data dir."""
 
-    def __init__(self, data_dir: str | Path | None = None, s3_port: int | None = None) -> None:
+    def __init__(self, data_dir: str | Path | None = None, s3_port: int | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.requested_port = s3_port
+        # more `weed server` flags (tests: -s3.domainName, https, -s3.iam.config)
+        self.extra_args = tuple(extra_args)
         self._proc: subprocess.Popen | None = None
 
     # --- files ----------------------------------------------------------
@@ -315,6 +319,7 @@ class SeaweedServer:
             "-master.volumeSizeLimitMB=1024", "-volume.max=1000", "-master.telemetry=false",
             "-filer.localSocket=" + self._socket_path("filer"),
             "-s3.localSocket=" + self._socket_path("s3"),
+            *self.extra_args,
         ]
         log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         try:
