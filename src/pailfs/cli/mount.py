@@ -49,7 +49,9 @@ def mount(source: str = typer.Argument(..., help="BUCKET[:/PATH], s3://BUCKET/PA
           mountpoint: Path = typer.Argument(..., help="An existing, empty directory."),
           option: list[str] = typer.Option([], "-o", "--option", help=MOUNT_HELP),
           foreground: bool = typer.Option(False, "-f", "--foreground", help="Stay in the foreground."),
-          ready_fd: Optional[int] = typer.Option(None, "--ready-fd", hidden=True)) -> None:
+          ready_fd: Optional[int] = typer.Option(None, "--ready-fd", hidden=True),
+          log_tag: Optional[str] = typer.Option(None, "--log-tag", hidden=True,
+                                                help="Tag every log line (the CSI plugin's volume id).")) -> None:
     try:
         opts = config.parse_options(option)
     except PailfsError as exc:
@@ -58,7 +60,25 @@ def mount(source: str = typer.Argument(..., help="BUCKET[:/PATH], s3://BUCKET/PA
     if not foreground:
         _spawn_and_wait(source, mountpoint, option, opts)
         return
+    if log_tag:
+        from pailfs.cli import daemon_log
+
+        daemon_log.configure(log_tag, _secrets_to_scrub(source, opts))
     _run_foreground(source, mountpoint, opts, ready_fd)
+
+
+def _secrets_to_scrub(source: str, opts: config.Options) -> list[str]:
+    """The key pair of the mount's passwd file, for the log filter (errors are the mount's to report)."""
+    from pailfs.credentials import read_passwd_file
+    from pailfs.store import parse_url
+
+    if not opts.passwd_file:
+        return []
+    try:
+        creds = read_passwd_file(opts.passwd_file, parse_url(source).bucket)
+    except PailfsError:
+        return []
+    return [creds.access_key, creds.secret_key] if creds is not None else []
 
 
 def _one_line(exc: BaseException) -> str:

@@ -345,7 +345,9 @@ class FuseSession:
         except Exception as exc:
             code = errno_of(exc)
             if isinstance(exc, (PailfsError, OSError)):
-                log.debug("FUSE %s: %s -> %s", P.OPCODE_NAMES.get(opcode), exc, errno.errorcode.get(code))
+                # EIO is the store failing under a reader: say why (the CSI plugin's log shows it)
+                log.log(logging.WARNING if code == errno.EIO else logging.DEBUG, "FUSE %s: %s -> %s",
+                        P.OPCODE_NAMES.get(opcode), exc, errno.errorcode.get(code))
             else:
                 log.error("FUSE %s failed", P.OPCODE_NAMES.get(opcode), exc_info=exc)
             self._reply_error(unique, code)
