@@ -994,3 +994,200 @@ def test_ack_warnings_reach_the_plugin_log(fake_node, tmp_path, workdir, caplog)
     ctx = {"bucket": "bk1", "url": "10.0.0.5:8333", "useSharedPath": "true"}
     error_of(node.NodePublishVolume, publish_request("vol-w", tmp_path / "t", context=ctx))
     assert any("vol-w" in r.getMessage() and "useSharedPath" in r.getMessage() for r in caplog.records)
+
+
+# ---- fsGroup (VOLUME_MOUNT_GROUP) ------------------------------------------------------------
+
+NOBODY = 65534
+FS_GROUP = 4242
+
+
+@pytest.fixture
+def public_targets(workdir):
+    """Targets a non-root user may reach (tmp_path is private to root)."""
+    base = workdir / "kubelet"
+    base.mkdir(mode=0o755)
+    os.chmod(workdir, 0o755)
+
+    def new(pod: str) -> Path:
+        made = base / pod / "mount"
+        made.parent.mkdir(mode=0o755)
+        os.chmod(made.parent, 0o755)
+        targets_cleanup.append(made)
+        return made
+
+    targets_cleanup: list[Path] = []
+    yield new
+    from pailfs.csi import mounts as csi_mounts
+
+    for path in targets_cleanup:
+        while csi_mounts.is_mount_point(str(path)):
+            csi_mounts.unmount(str(path), lazy=True)
+
+
+def as_pod_user(*argv: str, groups: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), user=NOBODY, group=NOBODY, extra_groups=list(groups),
+                          capture_output=True, timeout=60)
+
+
+def publish_with_group(node, volume, target, group: int | None, **kw):
+    context, secrets = volume
+    req = publish_request("pv-group", target, context=dict(context, otherOpts="kernel_cache"), secrets=secrets, **kw)
+    if group is not None:
+        req.volume_capability.mount.volume_mount_group = str(group)
+    node.NodePublishVolume(req, timeout=90)
+
+
+def test_fs_group_lets_a_non_root_reader_in(stubs, volume, public_targets):
+    _, node = stubs
+    with_group, without = public_targets("pod-fsgroup"), public_targets("pod-nogroup")
+    publish_with_group(node, volume, with_group, FS_GROUP)
+    publish_with_group(node, volume, without, None)
+    notes = "sub/notes.txt"
+    reader = as_pod_user("cat", str(with_group / notes), groups=(FS_GROUP,))
+    assert reader.returncode == 0, reader.stderr
+    assert reader.stdout == b"hello from the bucket\n"
+    listing = as_pod_user("ls", str(with_group), groups=(FS_GROUP,))
+    assert listing.returncode == 0 and b"train-images-idx3-ubyte.gz" in listing.stdout
+    st = os.stat(with_group / notes)
+    assert st.st_gid == FS_GROUP and st.st_mode & 0o040
+    # the same user outside the group, and a volume published without an fsGroup: no access
+    assert b"Permission denied" in as_pod_user("cat", str(with_group / notes)).stderr
+    assert b"Permission denied" in as_pod_user("cat", str(without / notes), groups=(FS_GROUP,)).stderr
+    unpublish(node, with_group, volume_id="pv-group")
+    unpublish(node, without, volume_id="pv-group")
+
+
+def test_fs_group_lets_a_non_root_writer_write(stubs, volume, public_targets, bucket):
+    from mounts import get_object
+
+    _, node = stubs
+    target = public_targets("pod-fsgroup-rw")
+    publish_with_group(node, volume, target, FS_GROUP, mode=Mode.SINGLE_NODE_WRITER)
+    writer = as_pod_user("sh", "-c", f"echo from nobody > {target}/sub/by-nobody.txt", groups=(FS_GROUP,))
+    assert writer.returncode == 0, writer.stderr
+    assert b"Permission denied" in as_pod_user("sh", "-c", f"echo x > {target}/sub/no.txt").stderr
+    unpublish(node, target, volume_id="pv-group")
+    assert get_object(f"s3://{bucket}", "tf-train/train/data/sub/by-nobody.txt") == b"from nobody\n"
+
+
+def test_a_bad_fs_group_is_invalid(stubs, tmp_path):
+    _, node = stubs
+    req = publish_request("vol-1", tmp_path / "t")
+    req.volume_capability.mount.volume_mount_group = "staff"
+    err = error_of(node.NodePublishVolume, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "volume_mount_group" in err.details()
+
+
+# ---- the mount daemons' log in the plugin's ---------------------------------------------------
+
+def test_mount_logs_reach_the_plugin_log_with_the_volume_id(plugin, volume, targets, seaweed):
+    from faultproxy import GET_OBJECT, FaultProxy
+
+    context, secrets = volume
+    target = targets("pod-logs")
+    with FaultProxy(seaweed.state().s3_port) as proxy, grpc.insecure_channel(plugin.endpoint) as ch:
+        node = csi_pb2_grpc.NodeStub(ch)
+        publish(node, (dict(context, url=proxy.endpoint, otherOpts="retries=0"), secrets), target,
+                volume_id="pv-logs")
+        proxy.error(500, "InternalError", times=None, match=GET_OBJECT)
+        with pytest.raises(OSError) as info:
+            (target / "sub" / "notes.txt").read_bytes()
+        assert info.value.errno == errno.EIO
+        line = wait_for(lambda: [ln for ln in plugin.log.read_text().splitlines()
+                                 if "volume=pv-logs" in ln and "READ" in ln], what="the daemon's log line")[0]
+        assert "EIO" in line and ("InternalError" in line or "500" in line)
+        proxy.passthrough()
+        unpublish(node, target, volume_id="pv-logs")
+    text = plugin.log.read_text()
+    assert "volume=pv-logs" in text
+    for value in secrets.values():
+        assert value not in text
+
+
+def test_daemon_log_is_rate_limited_and_scrubbed():
+    import io
+    import logging
+
+    from pailfs.cli.daemon_log import TaggedHandler
+
+    now = [0.0]
+    out = io.StringIO()
+    handler = TaggedHandler("volume=v1", secrets=["AKIDsecretish", "S3cr3tValue"], stream=out, rate=5, burst=10,
+                            clock=lambda: now[0])
+    logger = logging.getLogger("test.daemon_log")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        for i in range(1000):
+            logger.warning("read %d failed with key S3cr3tValue", i)
+        assert len(out.getvalue().splitlines()) == 10
+        now[0] = 2.0  # two seconds later: 10 more tokens, and a count of what was dropped
+        logger.warning("after the flood")
+        lines = out.getvalue().splitlines()
+        assert lines[10] == "volume=v1: 990 log lines suppressed (more than 5/s)"
+        assert lines[11].endswith("test.daemon_log: after the flood") and "volume=v1" in lines[11]
+        assert all("volume=v1" in ln for ln in lines) and "S3cr3tValue" not in out.getvalue()
+        assert "read 0 failed with key ***" in lines[0]
+    finally:
+        logger.removeHandler(handler)
+
+
+# ---- the supervisor ---------------------------------------------------------------------------
+
+def children_of(pid: int) -> list[tuple[int, str, str]]:
+    """(pid, state, cmdline) of pid's children."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat_fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat_fields[1]) == pid:
+            found.append((int(p.name), stat_fields[0], _cmdline(p)))
+    return found
+
+
+def server_pid(plugin) -> int:
+    (pid,) = [c[0] for c in children_of(plugin.proc.pid) if "--serve-only" in c[2]]
+    return pid
+
+
+def test_supervisor_restarts_a_crashed_server_and_mounts_keep_reading(plugin, volume, targets):
+    target = targets("pod-crash")
+    with grpc.insecure_channel(plugin.endpoint) as ch:
+        publish(csi_pb2_grpc.NodeStub(ch), volume, target)
+    first = server_pid(plugin)
+    os.kill(first, signal.SIGKILL)
+    assert_reads_data_set(target)
+    wait_for(lambda: [c for c in children_of(plugin.proc.pid) if "--serve-only" in c[2] and c[0] != first],
+             what="a new gRPC server")
+    with grpc.insecure_channel(plugin.endpoint) as ch:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=2)
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, plugin.log.read_text()
+                time.sleep(0.1)
+        node = csi_pb2_grpc.NodeStub(ch)
+        publish(node, volume, target)  # the restarted server knows the publication
+        assert_reads_data_set(target)
+        unpublish(node, target)
+    assert "gRPC server exited" in plugin.log.read_text()
+    # the daemon, adopted by the supervisor when its server died, is reaped: no zombie
+    wait_for(lambda: not [c for c in children_of(plugin.proc.pid) if c[1] == "Z"], what="the zombie reaped")
+
+
+def test_unpublish_leaves_no_zombie(plugin, volume, targets):
+    target = targets("pod-zombie")
+    with grpc.insecure_channel(plugin.endpoint) as ch:
+        node = csi_pb2_grpc.NodeStub(ch)
+        publish(node, volume, target)
+        unpublish(node, target)
+    for parent in (plugin.proc.pid, server_pid(plugin)):
+        assert not [c for c in children_of(parent) if c[1] == "Z"]
+        assert not [c for c in children_of(parent) if str(target) in c[2]], "the daemon outlived its unpublish"
