@@ -20,6 +20,12 @@ k8s_app = typer.Typer(help="Kubernetes manifests: the read-only data PV/PVC + SD
 app.add_typer(k8s_app, name="k8s")
 
 
+def _need(extra: str, *modules: str) -> None:
+    from pailfs.cli import need_extra  # defined after the command modules are imported
+
+    need_extra(extra, *modules)
+
+
 @k8s_app.command()
 def manifests(
     bucket: str = typer.Option(..., "--bucket", help="Bucket holding the data set and the checkpoints."),
@@ -52,6 +58,7 @@ def manifests(
                        mount_path=mount_path, command=shlex.split(command) if command else [],
                        ak_id=ak_id, ak_secret=ak_secret)
     check_pattern(spec)
+    _need("k8s", "yaml")
     typer.echo(to_yaml(pattern_manifests(spec)), nl=False)
 
 
@@ -79,6 +86,7 @@ def deploy(
                       livenessprobe_image=livenessprobe_image, kubelet_dir=kubelet_dir, state_dir=state_dir,
                       mounts_per_node=mounts_per_node, buffer_budget_mb=max_buffer_memory)
     check_driver(spec)
+    _need("k8s", "yaml")
     typer.echo(to_yaml(driver_manifests(spec)), nl=False)
 
 
@@ -98,6 +106,7 @@ def csi(
                                     help="Run the gRPC server itself (the supervisor's child)."),
 ) -> None:
     """Run the CSI node plugin (Identity + Node services) for kubelet, under a supervisor."""
+    _need("csi", "grpc", "google.protobuf")
     logging.getLogger("pailfs").setLevel(logging.INFO if verbose else logging.WARNING)
     if not serve_only:
         import sys

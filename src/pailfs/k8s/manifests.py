@@ -16,8 +16,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from pailfs.csi import DEFAULT_STATE_DIR, DRIVER_NAME
 from pailfs.csi.attributes import BadVolume, parse_volume, subpath
 
@@ -313,4 +311,6 @@ def driver_manifests(spec: DriverSpec) -> list[Doc]:
 
 
 def to_yaml(docs: list[Doc]) -> str:
+    import yaml  # the 'k8s' extra
+
     return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)
