@@ -27,9 +27,6 @@ from pailfs.errors import (
 )
 from pailfs.fs.types import ROOT_INO, Attr, SetAttr, StatFs
 
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-
 
 @dataclass
 class MemNode:
@@ -64,6 +61,9 @@ class MemFS:
         self._lock = threading.Lock()
         self._new(stat.S_IFDIR | 0o755, parent=ROOT_INO, children={})
         self._entries: dict[int, list[Attr]] = {}
+
+    def attach(self, loop, front_end=None) -> None:
+        self.loop, self.front_end = loop, front_end
 
     # ------------------------------------------------------------------ building
     def _new(self, mode: int, parent: int, data: bytes = b"", children: dict | None = None,
@@ -271,6 +271,20 @@ class MemFS:
         self._changed(parent)
         return node.attr, self._handle(node.attr.ino, bytearray(), dirty=True)
 
+    async def mknod(self, parent: int, name: str, mode: int, rdev: int) -> Attr:
+        await self._cold("mknod")
+        self._writable()
+        if not stat.S_ISREG(mode):
+            raise NotPermitted("only regular files")
+        attr, fh = await self.create(parent, name, stat.S_IMODE(mode), os.O_WRONLY | os.O_EXCL)
+        await self.release(attr.ino, fh)
+        return attr
+
+    async def link(self, ino: int, new_parent: int, new_name: str) -> Attr:
+        await self._cold("link")
+        self._writable()
+        raise NotSupported("no hard links")
+
     async def write(self, ino: int, fh: int, offset: int, data: bytes) -> int:
         await self._cold("write")
         self._writable()
@@ -377,10 +391,11 @@ class MemFS:
         del pnode.children[name]
         self._changed(parent)
 
-    async def rename(self, parent: int, name: str, new_parent: int, new_name: str, flags: int) -> None:
+    async def rename(self, parent: int, name: str, new_parent: int, new_name: str, *,
+                     noreplace: bool = False, exchange: bool = False) -> None:
         await self._cold("rename")
         self._writable()
-        if flags & RENAME_EXCHANGE:
+        if exchange:
             raise NotSupported("RENAME_EXCHANGE")
         src, dst = self._dir(parent), self._dir(new_parent)
         assert src.children is not None and dst.children is not None
@@ -388,7 +403,7 @@ class MemFS:
         if ino is None:
             raise NotFound(name)
         if new_name in dst.children:
-            if flags & RENAME_NOREPLACE:
+            if noreplace:
                 raise AlreadyExists(new_name)
             old = self.nodes[dst.children[new_name]]
             if old.children:

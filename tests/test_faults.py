@@ -612,7 +612,7 @@ def test_reopen_while_release_retries_a_failed_upload(reopen, tmp_path):
 
         store.put_file = put_file  # type: ignore[method-assign]
         fs = ObjectFileSystem(store, opts)
-        fs.attach_loop(asyncio.get_running_loop())
+        fs.attach(asyncio.get_running_loop())
         try:
             node, fh1 = await fs.create(ROOT_INO, "model.bin", 0o644, os.O_WRONLY | os.O_CREAT)
             await fs.write(node.ino, fh1, 0, b"first version")

@@ -25,7 +25,7 @@ def run_fs(bucket: str, options: str, body):
         store = open_store(f"s3://{bucket}", parse_options([options] if options else []))
         fs = ObjectFileSystem(store, store_options := parse_options([options] if options else []))
         del store_options
-        fs.attach_loop(asyncio.get_running_loop())
+        fs.attach(asyncio.get_running_loop())
         try:
             return await body(fs)
         finally:
@@ -105,8 +105,8 @@ def test_stat_cache_is_bounded(bucket, s3_env):
         d = await fs.lookup(ROOT_INO, "many")
         entries = await fs.readdir(d.ino)
         assert len(entries) == 300  # readdir still answers in full
-        assert fs.stat_cache.count <= 100
-        assert fs.stat_cache.evictions > 0
+        assert fs.namespace.stat_cache.count <= 100
+        assert fs.namespace.stat_cache.evictions > 0
         # evicted names are still found, from the store
         node = await fs.lookup(d.ino, "k0000")
         assert node.size == 0
@@ -121,7 +121,7 @@ def test_read_only_core_refuses_changes(tree):
         for call in (lambda: fs.mkdir(ROOT_INO, "d", 0o755), lambda: fs.unlink(ROOT_INO, "top.txt"),
                      lambda: fs.setattr(top.ino, None, SetAttr(mode=0o600)),
                      lambda: fs.create(ROOT_INO, "n", 0o644, 0),
-                     lambda: fs.rename(ROOT_INO, "top.txt", ROOT_INO, "x", 0)):
+                     lambda: fs.rename(ROOT_INO, "top.txt", ROOT_INO, "x")):
             with pytest.raises(ReadOnly):
                 await call()
         assert await fs.read(top.ino, 0, 100) == b"top"
@@ -134,7 +134,7 @@ def test_modes_follow_options(tree):
     async def body(fs):
         top = await fs.lookup(ROOT_INO, "top.txt")
         d = await fs.lookup(ROOT_INO, "dir")
-        return stat.S_IMODE(top.mode), stat.S_IMODE(d.mode), stat.S_IMODE(fs.root.mode), top.uid
+        return stat.S_IMODE(top.mode), stat.S_IMODE(d.mode), stat.S_IMODE(fs.namespace.root.mode), top.uid
 
     assert run_fs(tree, "ro", body)[:3] == (0o640, 0o750, 0o750)
     assert run_fs(tree, "ro,umask=027,mp_umask=0,uid=7", body) == (0o750, 0o750, 0o777, 7)

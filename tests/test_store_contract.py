@@ -20,6 +20,7 @@ from pailfs.errors import (AccessDenied, BadCredentials, BadOption, NoSuchBucket
 from pailfs.store import open_store, parse_url
 from pailfs.store.base import ObjectStore
 from pailfs.store.local import LocalStore
+from pailfs.store.memory import MemoryStore
 from pailfs.store.s3 import S3Store
 from pailfs.store.s3api import Credentials
 from pailfs.store.url import StoreURL
@@ -44,13 +45,15 @@ ODD_KEYS = [
 ]
 
 
-@pytest.fixture(params=["local", "s3", "s3-prefix"])
+@pytest.fixture(params=["memory", "local", "s3", "s3-prefix"])
 def run(request, tmp_path, s3_env, bucket):
     """run(body): build the store under test inside a fresh event loop, await
     body(store), close the store; returns body's result."""
     kind = request.param
 
     def make() -> ObjectStore:
+        if kind == "memory":
+            return MemoryStore()
         if kind == "local":
             root = tmp_path / "bucket"
             root.mkdir(exist_ok=True)

@@ -1,6 +1,6 @@
 """pailfs: read-write separation for machine-learning jobs on object storage."""
 
-__version__ = "0.1.0"
+from pailfs.version import __version__
 
 
 def __getattr__(name: str):

@@ -21,7 +21,7 @@ class MemoryCache:
     memory (max_buffer_memory). Readahead displaces cached small objects; a
     reader's own chunks are always granted."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, reclaim: Callable[[int], None] | None = None) -> None:
         self.max_bytes = max_bytes
         self.used = 0          # bytes of cached objects
         self.reserved = 0      # bytes held by prefetchers
@@ -29,7 +29,7 @@ class MemoryCache:
         self.hits = 0
         self.misses = 0
         # called with a size when readahead finds no room: frees other readers' buffers
-        self.reclaim: Callable[[int], None] | None = None
+        self.reclaim = reclaim
 
     def get(self, key: Hashable) -> bytes | None:
         data = self._items.get(key)
@@ -69,10 +69,6 @@ class MemoryCache:
         while self._items and self.used + self.reserved > limit:
             _, victim = self._items.popitem(last=False)
             self.used -= len(victim)
-
-    def touch(self, key: Hashable) -> None:
-        if key in self._items:
-            self._items.move_to_end(key)
 
     def discard(self, key: Hashable) -> None:
         old = self._items.pop(key, None)

@@ -1,5 +1,6 @@
 """The `pailfs` command. Each command group lives in its own module and registers
-itself on `app`; this module only wires them and turns errors into one line."""
+itself on `app` (cli/app.py); this module only wires them and turns errors into
+one line."""
 
 from __future__ import annotations
 
@@ -8,45 +9,18 @@ import sys
 
 import typer
 
+from pailfs.cli.app import app
 from pailfs.errors import PailfsError
 
-app = typer.Typer(
-    name="pailfs",
-    help="Read-write separation for ML jobs on object storage: cached read-only FUSE mounts, "
-         "async checkpoints, read-write mounts and Kubernetes glue.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
 # Command modules register on import. Order = order in --help.
-from pailfs.cli import server as _server  # noqa: E402,F401
-from pailfs.cli import objects as _objects  # noqa: E402,F401
-from pailfs.cli import k8s as _k8s  # noqa: E402,F401
-from pailfs.cli import mount as _mount  # noqa: E402,F401
-from pailfs.cli import versioning as _versioning  # noqa: E402,F401
-from pailfs.cli import ckpt as _ckpt  # noqa: E402,F401
-from pailfs.cli import bench as _bench  # noqa: E402,F401
-from pailfs.cli import demo as _demo  # noqa: E402,F401
-
-
-def fail(message: str, code: int = 1) -> "typer.Exit":
-    """Print one clear line to stderr and return the Exit to raise."""
-    typer.echo(f"pailfs: {message}", err=True)
-    return typer.Exit(code)
-
-
-def need_extra(extra: str, *modules: str) -> None:
-    """Fail with one line when a command's optional dependencies are not installed."""
-    import importlib.util
-
-    for name in modules:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ImportError:
-            found = False
-        if not found:
-            raise fail(f"this command needs the '{extra}' extra ({name} is missing): pip install 'pailfs[{extra}]'")
+from pailfs.cli import server as _server  # noqa: F401
+from pailfs.cli import objects as _objects  # noqa: F401
+from pailfs.cli import k8s as _k8s  # noqa: F401
+from pailfs.cli import mount as _mount  # noqa: F401
+from pailfs.cli import versioning as _versioning  # noqa: F401
+from pailfs.cli import ckpt as _ckpt  # noqa: F401
+from pailfs.cli import bench as _bench  # noqa: F401
+from pailfs.cli import demo as _demo  # noqa: F401
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from pailfs.cli import app
+from pailfs.cli.app import app
 
 SYSTEMS_HELP = "Comma-separated: pailfs-ro, pailfs-rw, s3fs, rclone, sdk, local."
 WORKLOADS_HELP = "Comma-separated: mnist, walk, read1, read1-open, read8, big, create, write-big, checkpoint."
@@ -42,7 +42,7 @@ def bench(
     big_mib: Optional[int] = typer.Option(None, "--big-mib", min=1, hidden=True),
     keep: bool = typer.Option(False, "--keep", hidden=True, help="Keep the work dir (debugging)."),
 ) -> None:
-    from pailfs.cli import need_extra
+    from pailfs.cli.app import need_extra
 
     need_extra("bench", "matplotlib")
     from pailfs.bench import BenchConfig, run

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pailfs.cli import app
+from pailfs.cli.app import app
 from pailfs.errors import CheckpointError
 
 ckpt_app = typer.Typer(help="List, restore, verify and prune checkpoints saved by pailfs.Checkpointer.",

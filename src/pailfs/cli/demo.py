@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from pailfs.cli import app
+from pailfs.cli.app import app
 
 
 def _interrupt(signum, frame):
@@ -31,7 +31,7 @@ def demo(endpoint: Optional[str] = typer.Option(
          out: Path = typer.Option(Path("demo-output"), "--out", help="Directory for the chart and summary.json.")) -> None:
     from rich.console import Console
 
-    from pailfs.cli import fail, need_extra
+    from pailfs.cli.app import fail, need_extra
 
     need_extra("demo", "numpy", "sklearn", "matplotlib")
     from pailfs.demo import report

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from pailfs.cli import app
+from pailfs.cli.app import app, need_extra
 from pailfs.csi import DEFAULT_MOUNT_TIMEOUT, DEFAULT_STATE_DIR
 from pailfs.k8s.manifests import DEFAULT_BUFFER_BUDGET_MB, DEFAULT_MOUNTS_PER_NODE, DEFAULT_OTHER_OPTS, \
     KUBELET_DIR, LIVENESSPROBE_IMAGE, REGISTRAR_IMAGE, DriverSpec, PatternSpec, check_driver, check_pattern, \
@@ -18,12 +18,6 @@ from pailfs.k8s.manifests import DEFAULT_BUFFER_BUDGET_MB, DEFAULT_MOUNTS_PER_NO
 k8s_app = typer.Typer(help="Kubernetes manifests: the read-only data PV/PVC + SDK Job pattern, and the CSI driver.",
                       no_args_is_help=True)
 app.add_typer(k8s_app, name="k8s")
-
-
-def _need(extra: str, *modules: str) -> None:
-    from pailfs.cli import need_extra  # defined after the command modules are imported
-
-    need_extra(extra, *modules)
 
 
 @k8s_app.command()
@@ -50,7 +44,7 @@ def manifests(
     if from_env:
         ak_id, ak_secret = os.environ.get("OSS_ACCESS_KEY_ID"), os.environ.get("OSS_ACCESS_KEY_SECRET")
         if not ak_id or not ak_secret:
-            from pailfs.cli import fail  # defined after the command modules are imported
+            from pailfs.cli.app import fail
 
             raise fail("--from-env needs OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET in the environment")
     spec = PatternSpec(bucket=bucket, url=url, data_path=data_path, checkpoint_prefix=checkpoint_prefix,
@@ -58,7 +52,7 @@ def manifests(
                        mount_path=mount_path, command=shlex.split(command) if command else [],
                        ak_id=ak_id, ak_secret=ak_secret)
     check_pattern(spec)
-    _need("k8s", "yaml")
+    need_extra("k8s", "yaml")
     typer.echo(to_yaml(pattern_manifests(spec)), nl=False)
 
 
@@ -86,7 +80,7 @@ def deploy(
                       livenessprobe_image=livenessprobe_image, kubelet_dir=kubelet_dir, state_dir=state_dir,
                       mounts_per_node=mounts_per_node, buffer_budget_mb=max_buffer_memory)
     check_driver(spec)
-    _need("k8s", "yaml")
+    need_extra("k8s", "yaml")
     typer.echo(to_yaml(driver_manifests(spec)), nl=False)
 
 
@@ -106,7 +100,7 @@ def csi(
                                     help="Run the gRPC server itself (the supervisor's child)."),
 ) -> None:
     """Run the CSI node plugin (Identity + Node services) for kubelet, under a supervisor."""
-    _need("csi", "grpc", "google.protobuf")
+    need_extra("csi", "grpc", "google.protobuf")
     logging.getLogger("pailfs").setLevel(logging.INFO if verbose else logging.WARNING)
     if not serve_only:
         import sys

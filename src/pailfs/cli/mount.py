@@ -9,14 +9,12 @@ mounts, so a failure never leaves a half-mounted directory.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -24,7 +22,8 @@ from typing import Optional
 import typer
 
 from pailfs import config
-from pailfs.cli import app
+from pailfs.aio import LoopThread
+from pailfs.cli.app import app
 from pailfs.errors import MountError, PailfsError
 from pailfs.procs import pid_running, pids_with_argument
 
@@ -123,13 +122,8 @@ def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_f
     # the reader thread answers cached requests while the loop thread parses listings:
     # a 5 ms GIL switch interval would add up to 5 ms to each of those answers
     sys.setswitchinterval(0.0005)
-    loop = asyncio.new_event_loop()
-    loop_thread = threading.Thread(target=loop.run_forever, name="pailfs-loop", daemon=True)
-    loop_thread.start()
-
-    def on_loop(coro, timeout=None):
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
-
+    loop = LoopThread("pailfs-loop")
+    on_loop = loop.run
     fs = store = None
     try:
         try:
@@ -137,16 +131,11 @@ def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_f
             store = open_store(source, opts)
             on_loop(store.check(), timeout=opts.connect_timeout + opts.readwrite_timeout + 5)
 
-            async def build():
-                fs = ObjectFileSystem(store, opts)
-                fs.attach_loop(asyncio.get_running_loop())
-                if opts.use_cache:
-                    from pailfs.cache.disk import DiskCache
-                    fs.disk_cache = DiskCache(opts.use_cache, opts.max_cache_size * 1024 * 1024)
-                return fs
+            async def build():  # on the loop: the fs's asyncio objects belong to it
+                return ObjectFileSystem(store, opts)
 
             fs = on_loop(build())
-            server = FuseServer(fs, str(mountpoint), loop=loop, fs_name=source, read_only=opts.read_only,
+            server = FuseServer(fs, str(mountpoint), loop=loop.loop, fs_name=source, read_only=opts.read_only,
                                 allow_other=opts.allow_other, nonempty=opts.nonempty,
                                 readahead_kib=fs.kernel_readahead // 1024, poll_us=opts.fuse_poll_us)
         except Exception as exc:
@@ -181,8 +170,7 @@ def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_f
                 on_loop(store.close(), timeout=10)
             except Exception as exc:  # noqa: BLE001
                 log.debug("while closing the store: %s", exc)
-        loop.call_soon_threadsafe(loop.stop)
-        loop_thread.join(timeout=5)
+        loop.stop(timeout=5)
 
 
 @app.command(help="Unmount a pailfs mount (also a dead one: 'Transport endpoint is not connected').")

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 
-from pailfs.cli import app
+from pailfs.cli.app import app
 from pailfs.config import Options, parse_options
 from pailfs.errors import BadOption, NotFound, PailfsError, StoreError
 from pailfs.store import open_store

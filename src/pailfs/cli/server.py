@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from pailfs.cli import app
+from pailfs.cli.app import app
 from pailfs.server import SeaweedServer
 
 server_app = typer.Typer(help="Run the embedded SeaweedFS S3 server on 127.0.0.1.", no_args_is_help=True)

@@ -6,7 +6,7 @@ import asyncio
 
 import typer
 
-from pailfs.cli import app
+from pailfs.cli.app import app
 from pailfs.errors import BadOption
 
 

@@ -14,7 +14,7 @@ import errno
 import logging
 import os
 
-from pailfs.fuse.mount import MountInfo, find_mount, resolve_parent
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +28,53 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 
 
+class Mount(NamedTuple):
+    mountpoint: str
+    fstype: str
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1:i + 4]
+        if field[i] == "\\" and len(code) == 3 and code.isdigit():
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_table() -> list[Mount]:
+    """Every mount this process sees, in table order (later ones on top)."""
+    result = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            if len(fields) < 5 or not right:
+                continue
+            result.append(Mount(_unescape(fields[4]), right.split()[0]))
+    return result
+
+
 def canonical(path: str) -> str:
     """Absolute path with symlinks of the parent resolved; the last component is
     not touched, since stat on a dead FUSE mount point fails."""
-    return resolve_parent(path)
+    path = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
-def mount_at(path: str) -> MountInfo | None:
-    """The topmost mount at `path`, live or dead (from the mount table)."""
-    return find_mount(canonical(path))
+def mount_at(path: str) -> Mount | None:
+    """The topmost mount at `path`, live or dead."""
+    path = canonical(path)
+    found = None
+    for mount in mount_table():
+        if mount.mountpoint == path:
+            found = mount
+    return found
 
 
 def is_mount_point(path: str) -> bool:

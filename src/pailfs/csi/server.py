@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from pailfs import __version__
+from pailfs.version import __version__
 from pailfs.csi import DRIVER_NAME, csi_pb2, csi_pb2_grpc
 from pailfs.csi.node import CsiError, NodeService
 from pailfs.errors import BadOption

@@ -8,8 +8,13 @@ defaults) because one exists per cached stat entry.
 
 from __future__ import annotations
 
+import os
 import stat
 from dataclasses import dataclass
+from typing import Any, Mapping
+
+from pailfs.config import Options
+from pailfs.store.base import ObjectInfo
 
 
 @dataclass(slots=True)
@@ -21,6 +26,51 @@ class Presentation:
     file_mode: int  # permission bits for objects without mode metadata
     dir_mode: int
     root_mode: int
+
+
+def presentation(options: Options) -> Presentation:
+    uid = options.uid if options.uid is not None else os.getuid()
+    gid = options.gid if options.gid is not None else os.getgid()
+    if options.umask is not None:
+        file_mode = dir_mode = 0o777 & ~options.umask
+    else:
+        file_mode, dir_mode = 0o640, 0o750  # ossfs defaults for objects without mode metadata
+    root_mode = 0o777 & ~options.mp_umask if options.mp_umask is not None else dir_mode
+    return Presentation(uid, gid, file_mode, dir_mode, root_mode)
+
+
+def meta_from_object(metadata: Mapping[str, str] | None) -> tuple[int | None, int | None, int | None] | None:
+    """(mode, uid, gid) from s3fs-style x-amz-meta-mode/uid/gid; None when absent."""
+    if not metadata:
+        return None
+
+    def num(name: str) -> int | None:
+        try:
+            return int(metadata[name]) if name in metadata else None
+        except ValueError:
+            return None
+
+    values = (num("mode"), num("uid"), num("gid"))
+    return values if any(v is not None for v in values) else None
+
+
+def mtime_from_object(info: ObjectInfo) -> float:
+    if info.metadata and "mtime" in info.metadata:
+        try:
+            return float(info.metadata["mtime"])
+        except ValueError:
+            pass
+    return info.mtime
+
+
+def object_metadata(node: Any) -> dict[str, str]:
+    """s3fs-compatible metadata of a node: x-amz-meta-mode/uid/gid/mtime."""
+    meta = {"mtime": str(int(node.mtime))}
+    if node.meta:
+        for name, value in zip(("mode", "uid", "gid"), node.meta):
+            if value is not None:
+                meta[name] = str(value)
+    return meta
 
 
 def compact_etag(etag: str | None) -> bytes | str | None:

@@ -9,6 +9,10 @@ nothing of the FUSE protocol. Each call has two forms:
 * the coroutine of the same name — the cold path, run on the core's asyncio
   loop; it may ask the store.
 
+The front end attaches itself once it serves the file system:
+`attach(loop, front_end)` names the loop the coroutines run on and the
+FrontEnd to tell when cached bytes went stale.
+
 Errors are raised as pailfs.errors exceptions; the front end maps them to
 errnos with pailfs.errors.errno_of. Names are str (S3 keys are UTF-8); a name
 that is not valid UTF-8 is refused by the front end with EINVAL.
@@ -22,6 +26,7 @@ inode it was about to drop); FORGET calls `forget(ino, n)`.
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from dataclasses import dataclass
 from typing import Protocol
@@ -73,6 +78,16 @@ class SetAttr:
     mtime: float | None = None
 
 
+class FrontEnd(Protocol):
+    """What the file system may ask of the front end that serves it."""
+
+    def invalidate_inode(self, ino: int) -> None:
+        """Drop the kernel's cached pages and attributes of ino (the object changed)."""
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests received from the kernel, by kind (for `pailfs stats`)."""
+
+
 class FileSystemOps(Protocol):
     # --- properties the front end reads once at mount ------------------------
     read_only: bool          # True: answer OPEN/OPENDIR with ENOSYS (zero-message opens)
@@ -80,6 +95,8 @@ class FileSystemOps(Protocol):
     attr_timeout: float      # seconds the kernel may cache attributes
     negative_timeout: float  # seconds the kernel may cache "no such name" (0 = don't)
     keep_cache: bool         # rw mounts: set FOPEN_KEEP_CACHE on OPEN replies
+
+    def attach(self, loop: asyncio.AbstractEventLoop, front_end: FrontEnd | None = None) -> None: ...
 
     # --- hot path: memory only, None on a miss --------------------------------
     def cached_lookup(self, parent: int, name: str) -> Attr | None:
@@ -106,7 +123,7 @@ class FileSystemOps(Protocol):
     async def statfs(self) -> StatFs: ...
 
     async def getxattr(self, ino: int, name: str) -> bytes:
-        """Extended attribute value; NotSupported (ENODATA in FUSE terms) if absent."""
+        """Extended attribute value; NoSuchAttribute (ENODATA) if absent."""
 
     async def listxattr(self, ino: int) -> list[str]: ...
 
@@ -134,13 +151,21 @@ class FileSystemOps(Protocol):
 
     async def setattr(self, ino: int, fh: int | None, changes: SetAttr) -> Attr: ...
 
+    async def mknod(self, parent: int, name: str, mode: int, rdev: int) -> Attr:
+        """mode includes the file type bits (S_IFREG, S_IFIFO, ...)."""
+
+    async def link(self, ino: int, new_parent: int, new_name: str) -> Attr: ...
+
     async def mkdir(self, parent: int, name: str, mode: int) -> Attr: ...
 
     async def unlink(self, parent: int, name: str) -> None: ...
 
     async def rmdir(self, parent: int, name: str) -> None: ...
 
-    async def rename(self, parent: int, name: str, new_parent: int, new_name: str, flags: int) -> None: ...
+    async def rename(self, parent: int, name: str, new_parent: int, new_name: str, *,
+                     noreplace: bool = False, exchange: bool = False) -> None:
+        """noreplace: EEXIST if new_name exists (RENAME_NOREPLACE); exchange: swap
+        the two (RENAME_EXCHANGE)."""
 
     async def symlink(self, parent: int, name: str, target: str) -> Attr: ...
 
@@ -149,3 +174,6 @@ class FileSystemOps(Protocol):
     async def setxattr(self, ino: int, name: str, value: bytes, flags: int) -> None: ...
 
     async def removexattr(self, ino: int, name: str) -> None: ...
+
+    async def close(self) -> None:
+        """Unmounted: finish pending uploads, stop background work."""

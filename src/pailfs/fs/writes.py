@@ -19,14 +19,12 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Callable
 
+from pailfs.config import Options
 from pailfs.errors import NoSpace, NotFound, StoreError
-from pailfs.fs.nodes import compact_etag
-
-if TYPE_CHECKING:
-    from pailfs.fs.core import ObjectFileSystem
-    from pailfs.fs.nodes import Node
+from pailfs.fs.nodes import Node, compact_etag, object_metadata
+from pailfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
@@ -34,7 +32,7 @@ MiB = 1024 * 1024
 
 @dataclass
 class Staged:
-    node: "Node"
+    node: Node
     path: str
     fd: int
     size: int
@@ -47,9 +45,14 @@ class Staged:
 
 
 class WriteBack:
-    def __init__(self, fs: "ObjectFileSystem") -> None:
-        self.fs = fs
-        opts = fs.options
+    """Staged writes of one file system. `forget_data(ino)` drops the bytes the read
+    path cached for an inode whose object this mount has just replaced."""
+
+    def __init__(self, store: ObjectStore, options: Options, *, forget_data: Callable[[int], None]) -> None:
+        self.store = store
+        self.options = options
+        self._forget_data = forget_data
+        opts = options
         if opts.staging_dir:
             os.makedirs(opts.staging_dir, mode=0o700, exist_ok=True)
             self.dir = tempfile.mkdtemp(prefix="pailfs-", dir=opts.staging_dir)
@@ -64,7 +67,7 @@ class WriteBack:
     def busy(self, ino: int) -> bool:
         return ino in self.staged
 
-    def pending_create(self, node: "Node") -> bool:
+    def pending_create(self, node: Node) -> bool:
         st = self.staged.get(node.ino)
         return st is not None and not st.uploaded_once
 
@@ -75,7 +78,7 @@ class WriteBack:
         self.handles[fh] = ino
         return fh
 
-    async def open(self, node: "Node", flags: int) -> int:
+    async def open(self, node: Node, flags: int) -> int:
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
         fh = self._new_fh(node.ino)
         if writing:
@@ -93,27 +96,27 @@ class WriteBack:
                 st.dirty = st.dirty or not st.uploaded_once
         return fh
 
-    async def create(self, node: "Node", flags: int) -> int:
+    async def create(self, node: Node, flags: int) -> int:
         st = self._new_staged(node, uploaded=False)
         st.dirty = True
         fh = self._new_fh(node.ino)
         st.handles.add(fh)
         return fh
 
-    def _new_staged(self, node: "Node", uploaded: bool) -> Staged:
+    def _new_staged(self, node: Node, uploaded: bool) -> Staged:
         fd, path = tempfile.mkstemp(prefix=f"ino{node.ino}-", dir=self.dir)
         st = Staged(node, path, fd, 0, uploaded_once=uploaded)
         self.staged[node.ino] = st
         return st
 
-    async def _stage(self, node: "Node", truncate: bool) -> Staged:
+    async def _stage(self, node: Node, truncate: bool) -> Staged:
         st = self.staged.get(node.ino)
         if st is not None:
             return st
         st = self._new_staged(node, uploaded=True)
         if not truncate and node.size > 0:
             try:
-                await self.fs.store.get_file(node.key(), st.path)
+                await self.store.get_file(node.key(), st.path)
             except NotFound:
                 pass  # deleted meanwhile: start empty
             except BaseException:
@@ -137,7 +140,7 @@ class WriteBack:
             pass
 
     # --- data -----------------------------------------------------------------
-    async def write(self, node: "Node", fh: int, offset: int, data: bytes) -> int:
+    async def write(self, node: Node, fh: int, offset: int, data: bytes) -> int:
         st = self.staged.get(node.ino)
         if st is None:  # opened read-only, then written (kernel allows with O_RDWR only)
             st = await self._stage(node, truncate=False)
@@ -150,23 +153,23 @@ class WriteBack:
             st.dirty = True
             st.failed = False  # new data: the next flush tries again
             st.dirty_bytes += written
-        if st.dirty_bytes >= self.fs.options.max_dirty_data * MiB:
+        if st.dirty_bytes >= self.options.max_dirty_data * MiB:
             await self._upload(st)  # bound the data at risk: upload early
         return written
 
     def _check_space(self, incoming: int) -> None:
-        need = self.fs.options.ensure_diskfree * MiB
+        need = self.options.ensure_diskfree * MiB
         if need:
             vfs = os.statvfs(self.dir)
             if vfs.f_bavail * vfs.f_frsize - incoming < need:
                 raise NoSpace(f"staging dir {self.dir} would go below ensure_diskfree")
 
-    async def read(self, node: "Node", offset: int, size: int) -> bytes:
+    async def read(self, node: Node, offset: int, size: int) -> bytes:
         st = self.staged[node.ino]
         async with st.lock:
             return os.pread(st.fd, size, offset)
 
-    async def truncate(self, node: "Node", fh: int | None, size: int) -> None:
+    async def truncate(self, node: Node, fh: int | None, size: int) -> None:
         st = await self._stage(node, truncate=size == 0)
         async with st.lock:
             os.ftruncate(st.fd, size)
@@ -176,7 +179,7 @@ class WriteBack:
             await self._upload(st)
             self._unstage_unless_reopened(st)
 
-    async def save_metadata(self, node: "Node") -> None:
+    async def save_metadata(self, node: Node) -> None:
         st = self.staged.get(node.ino)
         if st is not None:
             st.dirty = True  # the next upload carries the metadata
@@ -186,9 +189,9 @@ class WriteBack:
             return
         key = node.key()
         if node.is_dir:
-            await self.fs.store.put(key, b"", self.fs.object_metadata(node))
+            await self.store.put(key, b"", object_metadata(node))
         else:
-            await self.fs.store.copy(key, key, self.fs.object_metadata(node))
+            await self.store.copy(key, key, object_metadata(node))
 
     # --- upload ----------------------------------------------------------------
     async def _upload(self, st: Staged) -> None:
@@ -199,7 +202,7 @@ class WriteBack:
             key = node.key()
             os.fsync(st.fd)
             try:
-                info = await self.fs.store.put_file(key, st.path, self.fs.object_metadata(node))
+                info = await self.store.put_file(key, st.path, object_metadata(node))
             except Exception as exc:
                 st.failed = True
                 log.error("upload of %s failed (%s); the staged data is kept at %s", key, exc, st.path)
@@ -211,17 +214,17 @@ class WriteBack:
             st.uploaded_once = True
             node.etag = compact_etag(info.etag)
             node.size = st.size
-            self.fs.memory.discard(node.ino)
+            self._forget_data(node.ino)
 
-    async def flush(self, node: "Node", fh: int) -> None:
+    async def flush(self, node: Node, fh: int) -> None:
         st = self.staged.get(node.ino)
         if st is not None and st.dirty:
             await self._upload(st)
 
-    async def flush_all(self, node: "Node") -> None:
+    async def flush_all(self, node: Node) -> None:
         await self.flush(node, 0)
 
-    async def release(self, node: "Node", fh: int) -> None:
+    async def release(self, node: Node, fh: int) -> None:
         self.handles.pop(fh, None)
         st = self.staged.get(node.ino)
         if st is None:
@@ -250,7 +253,7 @@ class WriteBack:
         if not st.handles:
             self._unstage(st)
 
-    async def discard(self, node: "Node") -> None:
+    async def discard(self, node: Node) -> None:
         """The file is being deleted: drop its staged data without uploading."""
         st = self.staged.get(node.ino)
         if st is not None:

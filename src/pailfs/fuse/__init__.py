@@ -7,11 +7,8 @@ What the CLI calls::
     # SIGTERM/SIGINT handler (any thread):  server.stop()
     server.serve(ready_callback=...)   # blocks: mount, serve, always unmount
 
-`serve(fs, mountpoint, ...)` is the one-call form. `loop` is the asyncio loop
-the fs's coroutines run on: if it is not running, serve() runs it in a thread
-of its own for the life of the mount and stops it at the end; if it is
-already running in another thread, serve() just uses it. From inside that
-loop, `await server.serve_async()`.
+`loop` is the running asyncio loop (in another thread) the fs's coroutines run
+on; without one, serve() runs a loop of its own for the life of the mount.
 
 serve() returns when the kernel ends the connection (`umount`, `fusermount3
 -u`, `umount -l` once the last file closes) or after stop(). The mount is
@@ -24,14 +21,16 @@ import asyncio
 import logging
 import os
 import threading
-from typing import Any, Callable
+from typing import Callable
 
+from pailfs.aio import LoopThread
 from pailfs.errors import MountError
+from pailfs.fs.types import FileSystemOps
 from pailfs.fuse import mount as _mount
 from pailfs.fuse.mount import abort_connection, find_mount, is_stale, set_readahead, unmount
 from pailfs.fuse.session import FuseSession
 
-__all__ = ["FuseServer", "FuseSession", "serve", "unmount", "is_stale", "find_mount"]
+__all__ = ["FuseServer", "FuseSession", "unmount", "is_stale", "find_mount"]
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +41,11 @@ STOP_GRACE = 5.0      # seconds stop() lets open files finish before aborting th
 class FuseServer:
     """Mount fs at mountpoint and serve it until unmounted or stopped."""
 
-    def __init__(self, fs: Any, mountpoint: str, *, loop: asyncio.AbstractEventLoop | None = None,
+    def __init__(self, fs: FileSystemOps, mountpoint: str, *, loop: asyncio.AbstractEventLoop | None = None,
                  fs_name: str = "pailfs", subtype: str = "pailfs", read_only: bool | None = None,
                  allow_other: bool = False, default_permissions: bool = True, noatime: bool = True,
                  uid: int | None = None, gid: int | None = None, nonempty: bool = False,
-                 readers: int = 1, use_fusermount: bool | None = None,
+                 use_fusermount: bool | None = None,
                  stop_grace: float = STOP_GRACE, readahead_kib: int = 0, poll_us: int = 0) -> None:
         self.fs = fs
         self.readahead_kib = readahead_kib
@@ -59,7 +58,6 @@ class FuseServer:
                                   noatime=noatime, uid=uid, gid=gid, nonempty=nonempty,
                                   use_fusermount=use_fusermount)
         self.use_fusermount = use_fusermount
-        self.readers = readers
         self.stop_grace = stop_grace
         self.session: FuseSession | None = None
         self.device: tuple[int, int] | None = None
@@ -70,18 +68,12 @@ class FuseServer:
     # ------------------------------------------------------------------ public
     def serve(self, ready_callback: Callable[[], None] | None = None) -> None:
         """Mount, serve until the connection ends, unmount. Raises MountError."""
-        loop, own_loop_thread = self._loop()
+        own_loop = LoopThread("pailfs-loop") if self.loop is None else None
         try:
-            self._serve(loop, ready_callback)
+            self._serve(self.loop or own_loop.loop, ready_callback)  # type: ignore[union-attr]
         finally:
-            if own_loop_thread is not None:
-                loop.call_soon_threadsafe(loop.stop)
-                own_loop_thread.join(5)
-
-    async def serve_async(self, ready_callback: Callable[[], None] | None = None) -> None:
-        """serve() from inside the fs's running loop (the blocking part runs in a thread)."""
-        self.loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self.serve, ready_callback)
+            if own_loop is not None:
+                own_loop.stop(timeout=5)
 
     def stop(self) -> None:
         """Unmount and end serve() (thread-safe, idempotent; never blocks on the mount)."""
@@ -90,32 +82,15 @@ class FuseServer:
         self._stop.set()
         threading.Thread(target=self._unmount_quietly, name="pailfs-unmount", daemon=True).start()
 
-    def stats(self) -> dict[str, int]:
-        return self.session.stats() if self.session is not None else {}
-
     # ------------------------------------------------------------------ internals
-    def _loop(self) -> tuple[asyncio.AbstractEventLoop, threading.Thread | None]:
-        loop = self.loop or asyncio.new_event_loop()
-        self.loop = loop
-        if loop.is_running():
-            return loop, None
-        thread = threading.Thread(target=loop.run_forever, name="pailfs-loop", daemon=True)
-        thread.start()
-        return loop, thread
-
     def _serve(self, loop: asyncio.AbstractEventLoop, ready_callback: Callable[[], None] | None) -> None:
-        if hasattr(self.fs, "attach_loop"):
-            self.fs.attach_loop(loop)
         fd = _mount.mount(self.mountpoint, **self.mount_options)
         info = find_mount(self.mountpoint)
         self.device = info.device if info is not None else None
         session = self.session = FuseSession(self.fs, fd, loop, poll_us=self.poll_us)
         try:
-            if hasattr(self.fs, "on_changed"):
-                self.fs.on_changed = session.invalidate_inode
-            if hasattr(self.fs, "kernel_requests"):
-                self.fs.kernel_requests = session.stats
-            session.start(self.readers)
+            self.fs.attach(loop, session)
+            session.start()
             if not self._wait_init(session):
                 raise MountError(f"the kernel did not initialize the mount at {self.mountpoint}")
             if self._stop.is_set():
@@ -172,10 +147,4 @@ class FuseServer:
                 self._unmounted = True
             except MountError as exc:
                 log.warning("%s", exc)
-
-
-def serve(fs: Any, mountpoint: str, loop: asyncio.AbstractEventLoop | None = None, *,
-          ready_callback: Callable[[], None] | None = None, **options: Any) -> None:
-    """Mount fs at mountpoint and serve it until unmounted (see FuseServer for options)."""
-    FuseServer(fs, mountpoint, loop=loop, **options).serve(ready_callback)
 

@@ -89,7 +89,7 @@ def mounts() -> list[MountInfo]:
 
 def find_mount(mountpoint: str) -> MountInfo | None:
     """The topmost mount at mountpoint (an absolute, resolved path), or None."""
-    path = resolve_parent(mountpoint)
+    path = _abspath(mountpoint)
     found = None
     for info in mounts():
         if info.mountpoint == path:
@@ -97,9 +97,8 @@ def find_mount(mountpoint: str) -> MountInfo | None:
     return found
 
 
-def resolve_parent(path: str) -> str:
-    """Absolute path with the parent's symlinks resolved; the last component is left
-    alone, since realpath would stat through a stale FUSE mount."""
+def _abspath(path: str) -> str:
+    # realpath would stat through a stale FUSE mount; resolve the parent only
     path = os.path.abspath(os.fspath(path))
     parent, name = os.path.split(path)
     return os.path.join(os.path.realpath(parent), name) if name else path
@@ -116,7 +115,7 @@ def is_stale(mountpoint: str) -> bool:
 
 def check_mountpoint(mountpoint: str, *, nonempty: bool = False) -> str:
     """Raise MountError (one clear line) unless mountpoint can be mounted on; returns its path."""
-    path = resolve_parent(mountpoint)
+    path = _abspath(mountpoint)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -249,7 +248,7 @@ def _mount_fusermount(path: str, fs_name: str, subtype: str, read_only: bool, al
 
 def unmount(mountpoint: str, *, lazy: bool = False, use_fusermount: bool | None = None) -> None:
     """Unmount; lazy detaches now and lets open files finish. Raises MountError."""
-    path = resolve_parent(mountpoint)
+    path = _abspath(mountpoint)
     if use_fusermount is None:
         use_fusermount = os.geteuid() != 0
     if use_fusermount:

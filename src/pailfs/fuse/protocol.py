@@ -227,9 +227,5 @@ NOTIFY_INVAL_INODE = struct.Struct("<Qqq")   # ino offset length
 NOTIFY_INVAL_ENTRY = struct.Struct("<QII")   # parent namelen flags, then name + NUL
 
 
-def align8(n: int) -> int:
-    return (n + 7) & ~7
-
-
 # Zero bytes used to pad dirent names to 8 bytes, by pad length.
 PADDING = tuple(b"\0" * i for i in range(8))

@@ -19,11 +19,11 @@ AUTO_INVAL_DATA nor MS_NOATIME changes it.
 
 Concurrency invariants
 ----------------------
-* Threads: N reader threads (1 by default; a second one did not help the
-  8-thread cold workload, the loop does the I/O), the fs's loop thread, and a
-  notifier thread started on the first invalidation. A single reader polls
-  the (then non-blocking) device for `poll_us` after an inline answer before
-  sleeping in poll(); several readers always sleep in readv.
+* Threads: one reader thread (a second one did not help the 8-thread cold
+  workload: the loop does the I/O), the fs's loop thread, and a notifier
+  thread started on the first invalidation. The reader polls the (then
+  non-blocking) device for `poll_us` after an inline answer before sleeping
+  in poll().
 * Cold requests reach the loop by `loop.call_soon_threadsafe(loop.create_task, ...)`
   (half the cost of run_coroutine_threadsafe: no concurrent Future to chain).
 * Every reply is one `os.write` (or `os.writev`) of a complete message; the
@@ -60,8 +60,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from pailfs.errors import NoSuchAttribute, NotFound, NotPermitted, NotSupported, PailfsError, errno_of
-from pailfs.fs.types import SetAttr
+from pailfs.errors import NotFound, NotSupported, PailfsError, errno_of
+from pailfs.fs.types import FileSystemOps, SetAttr
 from pailfs.fuse import protocol as P
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,9 @@ WRITEV_OVER = 64 * 1024           # replies larger than this skip the header+dat
 # security.capability on writes and for ACLs/SELinux labels on ls -l; an object
 # store has none of these.
 LOCAL_XATTR_PREFIXES = ("security.", "system.")
+
+RENAME_NOREPLACE = 1  # renameat2 flags (<linux/fs.h>)
+RENAME_EXCHANGE = 2
 
 _CANCELLABLE = frozenset({P.LOOKUP, P.GETATTR, P.READ, P.READDIR, P.READDIRPLUS, P.READLINK,
                           P.GETXATTR, P.LISTXATTR, P.STATFS})
@@ -125,7 +128,7 @@ _DOT = (b".", b"..")
 class FuseSession:
     """Serve one /dev/fuse connection for a FileSystemOps on its asyncio loop."""
 
-    def __init__(self, fs: Any, fd: int, loop: asyncio.AbstractEventLoop, *,
+    def __init__(self, fs: FileSystemOps, fd: int, loop: asyncio.AbstractEventLoop, *,
                  max_write: int = MAX_WRITE, poll_us: int = 0) -> None:
         self.fs = fs
         self.fd = fd
@@ -156,17 +159,16 @@ class FuseSession:
         self._handlers: list[Callable[[bytes, int, int], None]] = self._handler_table()
 
     # ------------------------------------------------------------------ running
-    def start(self, readers: int = 1) -> None:
-        """Start reader threads (daemon threads; `finished` is set when the last ends)."""
+    def start(self) -> None:
+        """Start the reader thread (a daemon thread; `finished` is set when it ends)."""
         with self._lock:
-            self._polling = self.poll_seconds > 0 and readers == 1
-            for i in range(readers):
-                t = threading.Thread(target=self._reader_main, name=f"pailfs-fuse-{i}", daemon=True)
-                self._running += 1
-                self._threads.append(t)
-                t.start()
+            self._polling = self.poll_seconds > 0
+            t = threading.Thread(target=self._reader_main, name="pailfs-fuse", daemon=True)
+            self._running += 1
+            self._threads.append(t)
+            t.start()
 
-    def stats(self) -> dict[str, int]:
+    def request_counts(self) -> dict[str, int]:
         return {P.OPCODE_NAMES.get(op, str(op)): n for op, n in enumerate(self.counts) if n}
 
     def _reader_main(self) -> None:
@@ -662,19 +664,12 @@ class FuseSession:
         self._cold(unique, P.CREATE, self.fs.create(nodeid, name, stat.S_IMODE(mode), flags), reply)
 
     def _mknod(self, req: bytes, unique: int, nodeid: int) -> None:
-        mode = P.MKNOD_IN.unpack_from(req, 40)[0]
+        mode, rdev, _umask, _ = P.MKNOD_IN.unpack_from(req, 40)
         try:
             name = self._names(req, 56, 1)[0]
         except UnicodeDecodeError:
             return self._reply_error(unique, errno.EINVAL)
-        self._cold(unique, P.MKNOD, self._mknod_cold(nodeid, name, mode), self._reply_entry)
-
-    async def _mknod_cold(self, parent: int, name: str, mode: int) -> Any:
-        if not stat.S_ISREG(mode):
-            raise NotPermitted("only regular files can be created on an object store")
-        attr, fh = await self.fs.create(parent, name, stat.S_IMODE(mode), os.O_WRONLY | os.O_EXCL)
-        await self.fs.release(attr.ino, fh)
-        return attr
+        self._cold(unique, P.MKNOD, self.fs.mknod(nodeid, name, mode, rdev), self._reply_entry)
 
     def _write(self, req: bytes, unique: int, nodeid: int) -> None:
         fh, offset, size = P.READ_HEAD.unpack_from(req, 40)
@@ -751,15 +746,23 @@ class FuseSession:
         self._do_rename(req, unique, nodeid, newdir, flags, 56)
 
     def _do_rename(self, req: bytes, unique: int, nodeid: int, newdir: int, flags: int, start: int) -> None:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):  # RENAME_WHITEOUT: overlayfs only
+            return self._reply_error(unique, errno.EINVAL)
         try:
             old, new = self._names(req, start, 2)
         except UnicodeDecodeError:
             return self._reply_error(unique, errno.EINVAL)
-        self._cold(unique, P.RENAME, self.fs.rename(nodeid, old, newdir, new, flags), self._reply_ok)
+        rename = self.fs.rename(nodeid, old, newdir, new, noreplace=bool(flags & RENAME_NOREPLACE),
+                                exchange=bool(flags & RENAME_EXCHANGE))
+        self._cold(unique, P.RENAME, rename, self._reply_ok)
 
     def _link(self, req: bytes, unique: int, nodeid: int) -> None:
-        # Object stores have no hard links.
-        self._reply_error(unique, errno.EPERM)
+        newdir = P.LINK_IN.unpack_from(req, 40)[0]
+        try:
+            name = self._names(req, 48, 1)[0]
+        except UnicodeDecodeError:
+            return self._reply_error(unique, errno.EINVAL)
+        self._cold(unique, P.LINK, self.fs.link(nodeid, newdir, name), self._reply_entry)
 
     def _symlink(self, req: bytes, unique: int, nodeid: int) -> None:
         try:
@@ -781,16 +784,9 @@ class FuseSession:
             return self._reply_error(unique, errno.EINVAL)
         if name.startswith(LOCAL_XATTR_PREFIXES):
             return self._reply_error(unique, errno.ENODATA)
-        self._cold(unique, P.GETXATTR, self._getxattr_cold(nodeid, name),
+        self._cold(unique, P.GETXATTR, self.fs.getxattr(nodeid, name),
                    lambda u, value: self._reply_xattr(u, size, value))
 
-    async def _getxattr_cold(self, ino: int, name: str) -> bytes:
-        try:
-            return await self.fs.getxattr(ino, name)
-        except NotSupported as exc:
-            # fs.types: "NotSupported (ENODATA in FUSE terms) if absent". Answering
-            # EOPNOTSUPP would make the kernel stop asking for every xattr.
-            raise NoSuchAttribute(name) from exc
 
     def _listxattr(self, req: bytes, unique: int, nodeid: int) -> None:
         size = P.GETXATTR_IN.unpack_from(req, 40)[0]

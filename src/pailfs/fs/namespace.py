@@ -1,0 +1,494 @@
+"""The namespace: inodes over a flat key space, kept in step with the store.
+
+Directories are implicit prefixes (and `dir/` markers); attributes of listed
+objects come from the LIST result (no HEAD per entry). One LIST of a directory
+answers every lookup in it while the stat cache trusts it; a walk is listed
+ahead of the walker.
+
+Threads: every coroutine runs on the file system's loop thread; the `cached_*`
+methods run in the front end's reader thread and only read node fields — they
+never mutate shared structures except the `used` stamp. All structure changes
+(inode table, children, stat cache) happen on the loop thread. The kernel's
+lookup counts are the exception: see "refs" below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from typing import Callable
+
+from pailfs.cache.stat import StatCache
+from pailfs.config import Options
+from pailfs.errors import NotADirectory, NotFound
+from pailfs.fs.nodes import (
+    InodeTable, Node, compact_etag, meta_from_object, mtime_from_object, node_kinds, presentation,
+)
+from pailfs.fs.types import ROOT_INO
+from pailfs.store.base import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+FOREVER = float(2**31)  # kernel timeouts for "never expires"
+LISTINGS_AHEAD = 4     # directory listings a walk keeps in flight ahead of the walker
+AHEAD_QUEUE = 4096     # subdirectories waiting to be listed ahead
+NO_MTIME = 0.0
+
+
+class Namespace:
+    """The inode tree of one file system.
+
+    `is_staged(ino)` says an inode has staged writes: its attributes are the
+    mount's own, so listings do not overwrite or drop it. `content_changed(ino)`
+    is called when the store holds other bytes than the ones cached for an
+    inode; `dropped(ino)` when an inode is forgotten.
+    """
+
+    def __init__(self, store: ObjectStore, options: Options, *, is_staged: Callable[[int], bool],
+                 content_changed: Callable[[int], None], dropped: Callable[[int], None]) -> None:
+        self.store = store
+        self.options = options
+        self.read_only = options.read_only
+        self._is_staged = is_staged
+        self._content_changed = content_changed
+        self._dropped = dropped
+        self.look = presentation(options)
+        self.stat_cache = StatCache(options.max_stat_cache_size, options.stat_cache_expire,
+                                    population=lambda: self.inodes.values(), on_evict=self._evicted)
+        self._set_kernel_timeouts(options)
+        self._file_kind, self._dir_kind = node_kinds(self.look)
+        self.started = time.time()
+        self.root = self._dir_kind(ROOT_INO, None, "", mtime=self.started)
+        self.root.expires = FOREVER * 1e3
+        self.inodes = InodeTable(self.root)
+        self._negative: dict[tuple[int, str], float] = {}
+        self._listing: dict[int, asyncio.Task] = {}
+        self._ahead: collections.deque[Node] = collections.deque(maxlen=AHEAD_QUEUE)
+        self._ahead_running = 0
+        self._largest_listing = 0
+        self.meta_sem = asyncio.Semaphore(options.max_multireq)
+        self._ref_lock = threading.Lock()
+        self._forgotten: collections.deque[int] = collections.deque()
+        self._forget_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _set_kernel_timeouts(self, options: Options) -> None:
+        """Kernel entry/attr/negative timeouts follow the stat cache (docs/configuration.md)."""
+        if not self.stat_cache.enabled:
+            self.entry_timeout = self.attr_timeout = self.negative_timeout = 0.0
+            return
+        if options.kernel_cache:
+            ttl = FOREVER if options.stat_cache_expire < 0 else float(options.stat_cache_expire)
+        else:
+            ttl = 1.0 if options.stat_cache_expire < 0 else min(1.0, float(options.stat_cache_expire))
+        self.entry_timeout = self.attr_timeout = ttl
+        self.negative_timeout = ttl if options.enable_noobj_cache else 0.0
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    # ------------------------------------------------------------------ nodes
+    def node(self, ino: int) -> Node:
+        node = self.inodes.get(ino)
+        if node is None:
+            raise NotFound(f"inode {ino} is not known")
+        return node
+
+    def dir(self, ino: int) -> Node:
+        node = self.node(ino)
+        if not node.is_dir:
+            raise NotADirectory(node.key())
+        return node
+
+    def new_node(self, parent: Node, name: str, is_dir: bool, size: int = 0, mtime: float = NO_MTIME,
+                 etag: bytes | str | None = None) -> Node:
+        node = (self._dir_kind if is_dir else self._file_kind)(self.inodes.next_ino(), parent, name, size, mtime, etag)
+        self.inodes.add(node)
+        parent.children[name] = node  # type: ignore[index]
+        parent.entries = None
+        return node
+
+    def detach(self, node: Node) -> None:
+        """Remove node from its parent; drop it from the table unless the kernel holds it."""
+        parent = node.parent
+        if parent is not None and parent.children is not None and parent.children.get(node.name) is node:
+            del parent.children[node.name]
+            parent.entries = None
+        self.stat_cache.forget(node)
+        if node.nlookup <= 0 and node.ino != ROOT_INO:
+            self._drop(node)
+
+    def move(self, node: Node, new_parent: Node, new_name: str) -> None:
+        """Put node under new_parent as new_name (a rename): its key, and its children's,
+        follow the parent chain."""
+        old_parent = node.parent
+        if old_parent is not None and old_parent.children is not None \
+                and old_parent.children.get(node.name) is node:
+            del old_parent.children[node.name]
+            old_parent.entries = None
+        node.parent, node.name = new_parent, new_name
+        new_parent.children[new_name] = node  # type: ignore[index]
+        new_parent.entries = None
+        self.forget_missing(new_parent.ino, new_name)
+
+    def _drop(self, node: Node) -> bool:
+        """Forget an inode nobody holds; False (and nothing done) if the kernel holds it."""
+        with self._ref_lock:
+            if node.nlookup > 0 or node.ino == ROOT_INO:
+                return False
+            self.inodes.remove(node)
+        self._dropped(node.ino)
+        if node.children:
+            # children keep their parent pointer (their key): one the kernel still
+            # holds stays usable; the others go with their directory
+            for child in list(node.children.values()):
+                self._drop(child)
+        return True
+
+    def _evicted(self, node: Node) -> None:
+        """Stat-cache eviction: forget the attributes; drop the inode if nobody holds it
+        (the kernel, an open file, or a readdir answer still being paged through)."""
+        parent = node.parent
+        if parent is not None:
+            parent.listed_until = 0.0  # its listing is no longer complete
+            if parent.entries is not None and parent.entries_until <= time.monotonic() \
+                    and parent.listed_until <= 0.0:
+                parent.entries = None
+            if node.nlookup <= 0 and not node.children and not self._is_staged(node.ino) \
+                    and parent.entries is None:
+                if parent.children is not None and parent.children.get(node.name) is node:
+                    del parent.children[node.name]
+                self._drop(node)
+
+    def set_attrs(self, node: Node, info: ObjectInfo) -> None:
+        etag = compact_etag(info.etag)
+        changed = node.etag is not None and etag != node.etag
+        node.size = info.size
+        node.mtime = mtime_from_object(info)
+        node.etag = etag
+        if info.metadata is not None:
+            node.meta = meta_from_object(info.metadata) or ()
+        if changed:
+            self._content_changed(node.ino)
+
+    # ------------------------------------------------------------------ refs
+    # The kernel's lookup counts change on two threads: ref() runs in the reader
+    # thread (replies sent inline) and on the loop (cold replies), forget() in the
+    # reader thread, and the loop drops inodes. `_ref_lock` makes each count
+    # change, and each drop's check that nobody holds the inode, atomic. ref()
+    # receives the node itself, so an inode dropped between a cache hit and its
+    # reply is put back in the table instead of being lost to the kernel.
+    def ref(self, attr: Node) -> None:
+        with self._ref_lock:
+            attr.nlookup += 1
+            if self.inodes.get(attr.ino) is not attr:
+                self.inodes.add(attr)
+
+    def forget(self, ino: int, nlookup: int) -> None:
+        with self._ref_lock:
+            node = self.inodes.get(ino)
+            if node is None or ino == ROOT_INO:
+                return
+            node.nlookup -= nlookup
+            if node.nlookup > 0:
+                return
+        # possibly unreferenced now: the loop thread decides (batched: a BATCH_FORGET
+        # carries thousands, which is one wake-up of the loop, not thousands)
+        self._forgotten.append(ino)
+        if not self._forget_scheduled and self._loop is not None:
+            self._forget_scheduled = True
+            self._loop.call_soon_threadsafe(self._drop_forgotten)
+
+    def _drop_forgotten(self) -> None:
+        self._forget_scheduled = False
+        while self._forgotten:
+            node = self.inodes.get(self._forgotten.popleft())
+            if node is None or node.expires != 0.0 or self._is_staged(node.ino):
+                continue
+            parent = node.parent
+            if parent is None or parent.children is None or parent.children.get(node.name) is not node:
+                self._drop(node)
+
+    # ------------------------------------------------------------------ hot path
+    def cached_lookup(self, parent: int, name: str) -> Node | None:
+        pnode = self.inodes.get(parent)
+        if pnode is None or pnode.children is None:
+            return None
+        now = time.monotonic()
+        node = pnode.children.get(name)
+        if node is not None:
+            if node.expires > now and (node.meta is not None or self.read_only or node.is_dir):
+                node.used = self.stat_cache.tick
+                self.stat_cache.hits += 1
+                return node
+            return None
+        if pnode.listed_until > now or self._negative.get((parent, name), 0.0) > now:
+            raise NotFound(name)
+        return None
+
+    def cached_getattr(self, ino: int) -> Node | None:
+        node = self.inodes.get(ino)
+        if node is not None and (node.expires > time.monotonic() or self._is_staged(ino)):
+            return node
+        return None
+
+    def cached_readdir(self, ino: int) -> list[Node] | None:
+        node = self.inodes.get(ino)
+        if node is None:
+            return None
+        entries = node.entries
+        if node.listed_until <= time.monotonic():
+            return entries if entries is not None and node.entries_until > time.monotonic() else None
+        if entries is None:
+            entries = node.entries = list(node.children.values())  # type: ignore[union-attr]
+        if node.ahead and self._loop is not None:
+            # listed ahead of a walk that has now reached it: go one level further
+            node.ahead = False
+            try:
+                self._loop.call_soon_threadsafe(self._list_ahead, entries)
+            except RuntimeError:
+                pass  # the loop is closed: the mount is ending
+        return entries
+
+    # ------------------------------------------------------------------ lookups
+    async def lookup(self, parent: int, name: str) -> Node:
+        node = await self._lookup(parent, name)
+        if node.meta is None and not self.read_only and not node.is_dir and not self._is_staged(node.ino):
+            # rw mounts show chmod/chown/touch metadata, which only a HEAD returns
+            async with self.meta_sem:
+                info = await self.store.head(node.key())
+            self.set_attrs(node, info)
+            if node.meta is None:
+                node.meta = ()
+        return node
+
+    async def lookup_or_none(self, parent: int, name: str) -> Node | None:
+        try:
+            return await self.lookup(parent, name)
+        except NotFound:
+            return None
+
+    async def _lookup(self, parent: int, name: str) -> Node:
+        pnode = self.dir(parent)
+        now = time.monotonic()
+        node = pnode.children.get(name)  # type: ignore[union-attr]
+        if node is not None and node.expires > now:
+            return node
+        if node is None and (pnode.listed_until > now or self._negative.get((parent, name), 0.0) > now):
+            raise NotFound(name)
+        if self.stat_cache.enabled and pnode.listed_until <= now:
+            # one LIST of the directory answers this and every sibling lookup
+            await self._ensure_listed(pnode)
+            node = pnode.children.get(name)  # type: ignore[union-attr]
+            if node is not None and node.expires > time.monotonic():
+                return node
+            if node is None and pnode.listed_until > time.monotonic():
+                self.remember_missing(parent, name)
+                raise NotFound(name)
+        return await self._probe(pnode, name)
+
+    async def _probe(self, pnode: Node, name: str) -> Node:
+        """One HEAD of the key; if there is no such object, one LIST of key/ (an
+        implicit directory). Most names are files: one request answers them."""
+        key = pnode.child_key(name)
+        listing = None
+        async with self.meta_sem:
+            head = await self._head_or_none(key)
+            if head is None:
+                # one entry answers "is it a directory?"; a marker 'key/' sorts first
+                async for listing in self.store.list_pages(key + "/", "/", page_size=1):
+                    break
+        is_dir = listing is not None and bool(listing.objects or listing.prefixes)
+        if not is_dir and head is None:
+            old = pnode.children.get(name)  # type: ignore[union-attr]
+            if old is not None:
+                self.detach(old)
+            self.remember_missing(pnode.ino, name)
+            raise NotFound(key)
+        node = pnode.children.get(name)  # type: ignore[union-attr]
+        if node is not None and node.is_dir != is_dir:
+            self.detach(node)
+            node = None
+        if node is None:
+            node = self.new_node(pnode, name, is_dir)
+        if is_dir:
+            marker = next((o for o in listing.objects if o.key == key + "/"), None)  # type: ignore[union-attr]
+            node.mtime = marker.mtime if marker else (node.mtime or self.started)
+        else:
+            self.set_attrs(node, head)  # type: ignore[arg-type]
+        self.forget_missing(pnode.ino, name)
+        self.stat_cache.admit(node)
+        return node
+
+    async def _head_or_none(self, key: str) -> ObjectInfo | None:
+        try:
+            return await self.store.head(key)
+        except NotFound:
+            return None
+
+    def remember_missing(self, parent: int, name: str) -> None:
+        if self.negative_timeout > 0 or (self.stat_cache.enabled and self.options.enable_noobj_cache):
+            ttl = self.stat_cache.ttl if self.options.kernel_cache else max(self.negative_timeout, 1.0)
+            if len(self._negative) > max(1000, self.options.max_stat_cache_size):
+                self._negative.clear()
+            self._negative[(parent, name)] = time.monotonic() + ttl
+
+    def forget_missing(self, parent: int, name: str) -> None:
+        self._negative.pop((parent, name), None)
+
+    async def getattr(self, ino: int) -> Node:
+        node = self.node(ino)
+        if node.expires > time.monotonic() or self._is_staged(ino) or node.parent is None:
+            return node
+        if node.is_dir:
+            node.mtime = node.mtime or self.started
+            self.stat_cache.admit(node)
+            return node
+        async with self.meta_sem:
+            info = await self.store.head(node.key())
+        self.set_attrs(node, info)
+        self.stat_cache.admit(node)
+        return node
+
+    # ------------------------------------------------------------------ listings
+    async def _ensure_listed(self, dnode: Node) -> list[Node]:
+        """List a directory once, however many lookups ask for it at the same time."""
+        task = self._listing.get(dnode.ino)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._list_dir(dnode))
+            self._listing[dnode.ino] = task
+            task.add_done_callback(lambda _t, ino=dnode.ino: self._listing.pop(ino, None))
+        return await asyncio.shield(task)
+
+    async def _list_dir(self, dnode: Node) -> list[Node]:
+        prefix = dnode.key()
+        seen: set[str] = set()
+        listed: list[Node] = []
+        mtimes: dict[float, float] = {}  # objects written in the same second share one float
+        children = dnode.children
+        assert children is not None
+        now = time.monotonic()
+        async with self.meta_sem:
+            async for page in self.store.list_pages(prefix, "/"):
+                for sub in page.prefixes:
+                    name = sub[len(prefix):].rstrip("/")
+                    if not name or "/" in name:
+                        continue
+                    seen.add(name)
+                    node = children.get(name)
+                    if node is not None and not node.is_dir:
+                        self.detach(node)
+                        node = None
+                    if node is None:
+                        node = self.new_node(dnode, name, True, mtime=self.started)
+                    listed.append(node)
+                    self.stat_cache.admit(node, now)
+                for info in page.objects:
+                    rel = info.key[len(prefix):]
+                    if not rel:
+                        dnode.mtime = info.mtime  # the directory's own marker
+                        continue
+                    is_dir = rel.endswith("/")
+                    name = rel.rstrip("/")
+                    if not name or "/" in name or (not is_dir and name in seen):
+                        continue  # a file shadowed by a directory of the same name
+                    seen.add(name)
+                    node = children.get(name)
+                    if node is not None and node.is_dir != is_dir:
+                        self.detach(node)
+                        node = None
+                    if is_dir:
+                        if node is None:
+                            node = self.new_node(dnode, name, True)
+                        node.mtime = info.mtime
+                    elif node is None:  # the common case of a first listing: one step
+                        node = self.new_node(dnode, name, False, info.size,
+                                             mtimes.setdefault(info.mtime, info.mtime), compact_etag(info.etag))
+                    elif not self._is_staged(node.ino):
+                        if node.etag != compact_etag(info.etag):
+                            self.set_attrs(node, info)
+                            node.mtime = mtimes.setdefault(node.mtime, node.mtime)
+                    listed.append(node)
+                    self.stat_cache.admit(node, now)
+        for name in [n for n in children if n not in seen]:
+            if not self._is_staged(children[name].ino):
+                self.detach(children[name])
+        dnode.entries = None
+        self._largest_listing = max(self._largest_listing, len(listed))
+        if len(children) < len(seen):
+            # larger than the stat cache: keep this answer (it pins its nodes) for the
+            # kernel's READDIRPLUS paging, but never use it to answer lookups
+            dnode.entries = listed
+            dnode.entries_until = time.monotonic() + 10.0
+        elif self.stat_cache.enabled:
+            dnode.listed_until = now + self.stat_cache.ttl
+            self.stat_cache.admit(dnode, now)
+        return listed
+
+    async def readdir(self, ino: int) -> list[Node]:
+        dnode = self.dir(ino)
+        cached = self.cached_readdir(ino)
+        if cached is not None:
+            return cached
+        entries = await self._ensure_listed(dnode)
+        dnode.ahead = False
+        self._list_ahead(entries)
+        return entries
+
+    def _list_ahead(self, entries: list[Node]) -> None:
+        """A directory read is usually a walk: queue its subdirectories to be listed
+        in the walker's order, a few at a time, while the walker is still busy with
+        this one. Depth first, like os.walk and find: a new batch goes to the front.
+        Only while the stat cache has room for the walker's directory and those listed
+        ahead of it (judged by the largest listing yet), so they are still cached when
+        the walker gets there; and one level ahead only (see cached_readdir)."""
+        if not self.stat_cache.enabled:
+            return
+        subdirs = [node for node in entries if node.is_dir]
+        if subdirs:
+            self._ahead.extendleft(reversed(subdirs))
+            self._pump_ahead()
+
+    def _pump_ahead(self) -> None:
+        now = time.monotonic()
+        while self._ahead_running < LISTINGS_AHEAD and self._ahead:
+            capacity = self.stat_cache.capacity
+            if self.stat_cache.count >= capacity or self._largest_listing * (LISTINGS_AHEAD + 1) > capacity:
+                self._ahead.clear()
+                return
+            node = self._ahead.popleft()
+            if node.listed_until > now or node.ino in self._listing or self.inodes.get(node.ino) is not node:
+                continue
+            self._ahead_running += 1
+            task = asyncio.get_running_loop().create_task(self._ensure_listed(node))
+            task.add_done_callback(lambda t, node=node: self._listed_ahead(t, node))
+
+    def _listed_ahead(self, task: asyncio.Task, node: Node) -> None:
+        # a listing ahead that failed is simply not there: the walker's own will retry and report
+        self._ahead_running -= 1
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.debug("listing ahead failed: %s", task.exception())
+        else:
+            node.ahead = True  # its own subdirectories are queued when the walker reads it
+        self._pump_ahead()
+
+    async def is_empty_dir(self, prefix: str) -> bool:
+        """Two entries tell: the directory's own marker (it sorts first) and anything else."""
+        async for page in self.store.list_pages(prefix, "/", page_size=2):
+            return not (page.prefixes or any(o.key != prefix for o in page.objects))
+        return True
+
+    def stats(self) -> dict:
+        return {"entries": self.stat_cache.count, "capacity": self.stat_cache.capacity,
+                "hits": self.stat_cache.hits, "evictions": self.stat_cache.evictions,
+                "inodes": len(self.inodes)}
+
+    def close(self) -> None:
+        self._ahead.clear()
+        for task in list(self._listing.values()):
+            task.cancel()
