@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
 import pytest
 
+import mounts as mounts_module
 from mounts import mounted, put_objects
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,3 +120,34 @@ def test_pyproject_keeps_the_heavy_packages_in_extras():
     assert heavy <= every
     assert extras["all"] == ["pailfs[" + ",".join(n for n in extras if n not in ("all", "dev")) + "]"]
     assert "'.[all,dev]'" in (ROOT / "Makefile").read_text()
+
+
+def test_the_plugin_and_its_mounts_need_only_the_csi_extra(s3_env, bucket, seaweed, s3_credentials, blocked_env):
+    """What the image installs (`[csi]`) is enough for `pailfs csi` and the mounts it makes."""
+    import grpc
+
+    from csiplugin import Plugin, publish_request
+    from pailfs.csi import csi_pb2, csi_pb2_grpc
+
+    env, log = blocked_env
+    env = {**env, "PAILFS_TEST_BLOCK": ",".join(h for h in HEAVY if h not in ("grpc", "google"))}
+    put_objects(f"s3://{bucket}", {"data/x.txt": b"served by a plugin without extras\n"})
+    workdir = Path(tempfile.mkdtemp(prefix="pcsi-x-", dir="/tmp"))
+    plugin = Plugin(workdir, env=env)
+    target = workdir / "pod" / "mount"
+    try:
+        plugin.start()
+        context = {"bucket": bucket, "url": f"127.0.0.1:{seaweed.state().s3_port}", "path": "/data"}
+        secrets = {"akId": s3_credentials.access_key, "akSecret": s3_credentials.secret_key}
+        with grpc.insecure_channel(plugin.endpoint) as ch:
+            node = csi_pb2_grpc.NodeStub(ch)
+            node.NodePublishVolume(publish_request("pv-x", target, context=context, secrets=secrets), timeout=90)
+            assert (target / "x.txt").read_bytes() == b"served by a plugin without extras\n"
+            node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id="pv-x", target_path=str(target)),
+                                     timeout=90)
+    finally:
+        plugin.stop()
+        if mounts_module.is_mounted(target):
+            mounts_module.force_unmount(target)
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert log.read_text() == ""
