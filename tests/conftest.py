@@ -15,6 +15,33 @@ from pailfs.server import REGION, SeaweedServer
 from pailfs.store.s3api import S3Api
 
 
+# Fixtures that start or use a real SeaweedFS: a test that uses one is a `server` test.
+SERVER_FIXTURES = frozenset({"seaweed", "private_server"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test gets a layer marker (docs/architecture.md, "Tests"): `mount` is set
+    by the test modules that mount; `server` here for a test that uses a server
+    fixture; `unit` for the rest, which must need neither (mounts.mounted checks)."""
+    for item in items:
+        if item.get_closest_marker("mount") or item.get_closest_marker("server"):
+            continue
+        if SERVER_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.server)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _layer_guard(request):
+    """Lets mounts.mounted refuse to run in a test marked `unit`."""
+    import mounts
+
+    mounts.CURRENT_TEST = request.node
+    yield
+    mounts.CURRENT_TEST = None
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_tmpdir(tmp_path_factory):
     """pailfs and its mount daemons make their temp files (staging dirs, which a mount

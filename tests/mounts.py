@@ -31,9 +31,14 @@ def force_unmount(path: str | Path) -> None:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+CURRENT_TEST = None  # set by conftest: the running test's item
+
+
 @contextlib.contextmanager
 def mounted(source: str, mountpoint: Path, *options: str, env: dict | None = None):
     """Mount with `pailfs mount`, yield the mountpoint, and unmount even on failure."""
+    if CURRENT_TEST is not None and CURRENT_TEST.get_closest_marker("unit"):
+        raise AssertionError(f"{CURRENT_TEST.nodeid} mounts: mark it pytest.mark.mount")
     mountpoint.mkdir(parents=True, exist_ok=True)
     args = ["mount", source, str(mountpoint)]
     for opt in options:

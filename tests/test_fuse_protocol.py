@@ -47,6 +47,9 @@ class Mounted:
         return not self.thread.is_alive()
 
 
+pytestmark = pytest.mark.mount
+
+
 @pytest.fixture
 def mount(tmp_path):
     """mount(fs, **FuseServer options) -> Mounted; every mount is gone after the test."""
@@ -331,11 +334,15 @@ def test_interrupt_cancels_a_slow_request(mount):
     m = mount(fs)
     proc = subprocess.Popen([sys.executable, "-c", f"import os; os.stat({m.p('hello.txt')!r})"],
                             stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
+    deadline = time.monotonic() + 10
+    while fs.cold_calls() == 0:  # the request is in the fs, waiting on its slow store
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(8) != 0
     assert time.monotonic() - started < 5  # not the 10 s the store would take
+    assert m.counts[P.INTERRUPT] >= 1
     fs.delay = 0
     assert os.stat(m.p("hello.txt")).st_size == 13
 
@@ -505,7 +512,7 @@ def test_lazy_umount_with_open_file_ends_serve_after_close(tmp_path):
         subprocess.run(["umount", "-l", str(mp)], check=True)
         assert fmount.find_mount(str(mp)) is None
         assert len(os.read(fd, 100000)) == 100000  # still served for the open file
-        time.sleep(0.3)
+        assert len(os.pread(fd, 100000, 200000)) == 100000  # and still, after the detach settled
         assert thread.is_alive()
         os.close(fd)
         thread.join(10)

@@ -128,7 +128,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("mp_umask", _parse_octal, None, "umask of the mount point directory itself.", unit="OCTAL"),
     Option("allow_other", _parse_bool, False, "Let other users see the mount (FUSE allow_other).", kind="flag"),
     Option("nonempty", _parse_bool, False, "Allow mounting over a non-empty directory.", kind="flag"),
-    Option("use_cache", _text, None, "Directory for the disk data cache (keyed by key + ETag; survives remount).", unit="DIR", local_path=True),
+    Option("use_cache", _text, None, "Disk data cache: pailfs keeps it in DIR/pailfs-cache, a directory it creates and marks, "
+           "and never touches other files in DIR (entries keyed by key + ETag; survives remount).", unit="DIR", local_path=True),
     Option("max_cache_size", _pos_int, 10240, "Upper bound of the disk data cache.", unit="MB"),
     Option("multipart_size", _pos_int, 10, "Part size for multipart uploads and parallel downloads.", unit="MB"),
     Option("readahead_max", _pos_int, 64, "Largest sequential readahead window of one open file.", unit="MB"),
@@ -147,7 +148,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_dirty_data", _pos_int, 5120, "Dirty data of one file that forces an early upload.", unit="MB"),
     Option("dir_rename_limit", _nonneg_int, 10000, "Most objects a directory rename may copy (0 = no directory renames).", unit="N"),
     Option("nodelete", _parse_bool, False, "Refuse unlink, rmdir and overwriting renames with EPERM; new files are still allowed.", kind="flag"),
-    Option("debug", _parse_bool, False, "Log every FUSE request (slow).", kind="flag"),
+    Option("debug", _parse_bool, False, "Debug log: every store request, every FUSE request that failed (with its errno), "
+           "the FUSE INIT negotiation. Never secrets.", kind="flag"),
     Option("logfile", _text, None, "Write the mount's log here (default: syslog-less stderr, kept when -f).", unit="FILE", local_path=True),
 )
 

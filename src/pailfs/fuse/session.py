@@ -51,24 +51,24 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import math
 import os
 import queue
 import select
-import stat
 import threading
 import time
 from typing import Any, Callable
 
 from pailfs.errors import NotFound, NotSupported, PailfsError, errno_of
-from pailfs.fs.types import FileSystemOps, SetAttr
+from pailfs.fs.types import FileSystemOps
 from pailfs.fuse import protocol as P
+from pailfs.fuse import records as R
+from pailfs.fuse.records import attr_values, split_seconds
+from pailfs.fuse.rw_requests import WritableRequests
 
 log = logging.getLogger(__name__)
 
 MAX_WRITE = 1 << 20               # bytes per WRITE request (FUSE_MAX_PAGES with 256 pages)
 MAX_PAGES = MAX_WRITE // 4096
-BLKSIZE = 128 * 1024              # st_blksize: stdio/cp read this much per call
 MAX_BACKGROUND = 64               # readahead and other async requests in flight
 CONGESTION_THRESHOLD = 48
 WRITEV_OVER = 64 * 1024           # replies larger than this skip the header+data copy
@@ -78,51 +78,8 @@ WRITEV_OVER = 64 * 1024           # replies larger than this skip the header+dat
 # store has none of these.
 LOCAL_XATTR_PREFIXES = ("security.", "system.")
 
-RENAME_NOREPLACE = 1  # renameat2 flags (<linux/fs.h>)
-RENAME_EXCHANGE = 2
-
 _CANCELLABLE = frozenset({P.LOOKUP, P.GETATTR, P.READ, P.READDIR, P.READDIRPLUS, P.READLINK,
                           P.GETXATTR, P.LISTXATTR, P.STATFS})
-
-_MAX_TIMEOUT = float(2**62)
-_NS = 1_000_000_000
-
-
-def split_seconds(t: float) -> tuple[int, int]:
-    """Kernel timeout (seconds, nanoseconds) for a float; negative -> 0, inf -> huge."""
-    if not t > 0:
-        return 0, 0
-    t = min(t, _MAX_TIMEOUT)
-    s = int(t)
-    return s, min(int((t - s) * 1e9), _NS - 1)
-
-
-def _split_time(t: float) -> tuple[int, int]:
-    s = math.floor(t)
-    return s, min(int((t - s) * 1e9), _NS - 1)
-
-
-def attr_values(a: Any) -> tuple:
-    """The 16 fields of fuse_attr for an Attr (times default to mtime)."""
-    size = a.size
-    m = a.mtime
-    ms = math.floor(m)
-    mns = int((m - ms) * 1e9)
-    at = a.atime
-    if at is None or at == m:
-        as_, ans = ms, mns
-    else:
-        as_, ans = _split_time(at)
-    ct = a.ctime
-    if ct is None or ct == m:
-        cs, cns = ms, mns
-    else:
-        cs, cns = _split_time(ct)
-    return (a.ino, size, (size + 511) >> 9, as_, ms, cs, ans, mns, cns,
-            a.mode, a.nlink, a.uid, a.gid, 0, BLKSIZE, 0)
-
-
-_DOT = (b".", b"..")
 
 
 class FuseSession:
@@ -134,14 +91,14 @@ class FuseSession:
         self.fd = fd
         self.loop = loop
         self.read_only = bool(fs.read_only)
-        self.keep_cache = bool(getattr(fs, "keep_cache", False))
+        self.keep_cache = bool(fs.keep_cache)
         self.entry_valid = split_seconds(fs.entry_timeout)
         self.attr_valid = split_seconds(fs.attr_timeout)
         self.negative_valid = split_seconds(fs.negative_timeout)
         self.max_write = max_write
         self.poll_seconds = poll_us / 1e6
         self.cold_dispatched = 0  # requests handed to the loop
-        self._polling = False     # the reader polls the device (one reader only; see serve_forever)
+        self._polling = False     # the reader polls the device (see serve_forever)
         self.buffer_size = max_write + 4096
         self.proto_minor = 0
         self.kernel_flags = 0
@@ -152,21 +109,15 @@ class FuseSession:
         self.initialized = threading.Event()
         self.finished = threading.Event()
         self._inflight: dict[int, tuple[asyncio.Task, bool]] = {}
-        self._threads: list[threading.Thread] = []
-        self._running = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # starts the notifier thread once
         self._notify_q: queue.SimpleQueue | None = None
         self._handlers: list[Callable[[bytes, int, int], None]] = self._handler_table()
 
     # ------------------------------------------------------------------ running
     def start(self) -> None:
         """Start the reader thread (a daemon thread; `finished` is set when it ends)."""
-        with self._lock:
-            self._polling = self.poll_seconds > 0
-            t = threading.Thread(target=self._reader_main, name="pailfs-fuse", daemon=True)
-            self._running += 1
-            self._threads.append(t)
-            t.start()
+        self._polling = self.poll_seconds > 0
+        threading.Thread(target=self._reader_main, name="pailfs-fuse", daemon=True).start()
 
     def request_counts(self) -> dict[str, int]:
         return {P.OPCODE_NAMES.get(op, str(op)): n for op, n in enumerate(self.counts) if n}
@@ -177,11 +128,8 @@ class FuseSession:
         except Exception:
             log.exception("FUSE reader failed")
         finally:
+            self.finished.set()
             with self._lock:
-                self._running -= 1
-                last = self._running == 0
-            if last:
-                self.finished.set()
                 if self._notify_q is not None:
                     self._notify_q.put(None)
 
@@ -192,7 +140,7 @@ class FuseSession:
         that are open until they close, and an unanswered request would hang its caller.
         """
         fd = self.fd
-        # One preallocated buffer per reader: os.read(fd, 1 MiB) would mmap, mremap and
+        # One preallocated buffer: os.read(fd, 1 MiB) would mmap, mremap and
         # munmap a fresh 1 MiB buffer for every request (~13 us); readv into this costs ~1 us.
         buf = bytearray(self.buffer_size)
         bufs = [buf]
@@ -201,7 +149,7 @@ class FuseSession:
         write = os.write
         head = P.IN_HEADER_HEAD.unpack_from
         pack_error = P.ERROR_REPLY.pack
-        # With one reader, poll for a while after a request answered inline: the next
+        # Poll for a while after a request answered inline: the next
         # one of a warm epoch comes within microseconds, and sleeping in readv would
         # make the kernel wake this thread's vCPU for it (measured: 47 us per isatty
         # round trip sleeping, 16 us polling). A request that went to the loop means
@@ -243,14 +191,14 @@ class FuseSession:
                     spin = self.poll_seconds
                 continue
             if opcode > MAX_OPCODE:
-                self._reply_error(unique, errno.ENOSYS)
+                self.reply_error(unique, errno.ENOSYS)
                 continue
             counts[opcode] += 1
             try:
                 handlers[opcode](view[:n].tobytes(), unique, nodeid)
             except Exception as exc:  # a bug in a handler must not end the session
                 log.exception("FUSE %s failed", P.OPCODE_NAMES.get(opcode, opcode))
-                self._reply_error(unique, errno_of(exc))
+                self.reply_error(unique, errno_of(exc))
             if polling:
                 spin = self.poll_seconds if self.cold_dispatched == dispatched else 0.0
 
@@ -268,7 +216,7 @@ class FuseSession:
                 waiter.poll()  # returns at once with POLLERR once the connection is gone: readv says ENODEV
 
     # ------------------------------------------------------------------ replies
-    def _send(self, data: bytes) -> bool:
+    def send(self, data: bytes) -> bool:
         try:
             os.write(self.fd, data)
             return True
@@ -277,13 +225,13 @@ class FuseSession:
                 log.warning("FUSE reply failed: %s", exc)
             return False
 
-    def _reply_error(self, unique: int, code: int) -> None:
-        self._send(P.ERROR_REPLY.pack(16, -code, unique))
+    def reply_error(self, unique: int, code: int) -> None:
+        self.send(P.ERROR_REPLY.pack(16, -code, unique))
 
-    def _reply_ok(self, unique: int, _result: Any = None) -> None:
-        self._send(P.ERROR_REPLY.pack(16, 0, unique))
+    def reply_ok(self, unique: int, _result: Any = None) -> None:
+        self.send(P.ERROR_REPLY.pack(16, 0, unique))
 
-    def _reply_data(self, unique: int, data: bytes) -> None:
+    def reply_data(self, unique: int, data: bytes) -> None:
         n = len(data)
         if n > WRITEV_OVER:
             try:
@@ -292,37 +240,37 @@ class FuseSession:
                 if exc.errno not in (errno.ENOENT, errno.ENODEV):
                     log.warning("FUSE reply failed: %s", exc)
             return
-        self._send(P.OUT_HEADER.pack(16 + n, 0, unique) + data)
+        self.send(P.OUT_HEADER.pack(16 + n, 0, unique) + data)
 
-    def _reply_entry(self, unique: int, attr: Any) -> None:
+    def reply_entry(self, unique: int, attr: Any) -> None:
         ino = attr.ino
         self.fs.ref(attr)
         ev, evn = self.entry_valid
         av, avn = self.attr_valid
-        if not self._send(P.ENTRY_REPLY.pack(144, 0, unique, ino, 0, ev, av, evn, avn, *attr_values(attr))):
+        if not self.send(P.ENTRY_REPLY.pack(144, 0, unique, ino, 0, ev, av, evn, avn, *attr_values(attr))):
             self.fs.forget(ino, 1)
 
     def _reply_negative(self, unique: int) -> None:
         ev, evn = self.negative_valid
-        self._send(P.ENTRY_REPLY.pack(144, 0, unique, 0, 0, ev, 0, evn, 0,
+        self.send(P.ENTRY_REPLY.pack(144, 0, unique, 0, 0, ev, 0, evn, 0,
                                       0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 
     def _reply_lookup(self, unique: int, attr: Any) -> None:
         if attr is None:
             self._reply_negative(unique)
         else:
-            self._reply_entry(unique, attr)
+            self.reply_entry(unique, attr)
 
-    def _reply_attr(self, unique: int, attr: Any) -> None:
+    def reply_attr(self, unique: int, attr: Any) -> None:
         av, avn = self.attr_valid
-        self._send(P.ATTR_REPLY.pack(120, 0, unique, av, avn, 0, *attr_values(attr)))
+        self.send(P.ATTR_REPLY.pack(120, 0, unique, av, avn, 0, *attr_values(attr)))
 
     def _reply_statfs(self, unique: int, st: Any) -> None:
-        self._send(P.STATFS_REPLY.pack(96, 0, unique, st.blocks, st.bfree, st.bavail, st.files, st.ffree,
+        self.send(P.STATFS_REPLY.pack(96, 0, unique, st.blocks, st.bfree, st.bavail, st.files, st.ffree,
                                        st.bsize, st.namelen, st.frsize, 0))
 
     # ------------------------------------------------------------------ cold path
-    def _cold(self, unique: int, opcode: int, coro: Any, finish: Callable[[int, Any], None]) -> None:
+    def cold(self, unique: int, opcode: int, coro: Any, finish: Callable[[int, Any], None]) -> None:
         """Run coro on the loop; finish(unique, result) replies, an exception replies its errno."""
         # call_soon_threadsafe(create_task) rather than run_coroutine_threadsafe: no
         # concurrent.futures.Future to chain, 8 us instead of 17 us per request (measured).
@@ -334,7 +282,7 @@ class FuseSession:
         except RuntimeError:  # the loop is closed: we are shutting down
             wrapper.close()
             coro.close()
-            self._reply_error(unique, errno.EIO)
+            self.reply_error(unique, errno.EIO)
 
     async def _run_cold(self, unique: int, opcode: int, coro: Any, finish: Callable[[int, Any], None]) -> None:
         inflight = self._inflight
@@ -342,7 +290,7 @@ class FuseSession:
         try:
             result = await coro
         except asyncio.CancelledError:
-            self._reply_error(unique, errno.EINTR)
+            self.reply_error(unique, errno.EINTR)
             return
         except Exception as exc:
             code = errno_of(exc)
@@ -352,7 +300,7 @@ class FuseSession:
                         P.OPCODE_NAMES.get(opcode), exc, errno.errorcode.get(code))
             else:
                 log.error("FUSE %s failed", P.OPCODE_NAMES.get(opcode), exc_info=exc)
-            self._reply_error(unique, code)
+            self.reply_error(unique, code)
             return
         finally:
             inflight.pop(unique, None)
@@ -360,12 +308,13 @@ class FuseSession:
             finish(unique, result)
         except Exception:
             log.exception("FUSE %s: cannot pack the reply", P.OPCODE_NAMES.get(opcode))
-            self._reply_error(unique, errno.EIO)
+            self.reply_error(unique, errno.EIO)
 
     # ------------------------------------------------------------------ table
     def _handler_table(self) -> list[Callable[[bytes, int, int], None]]:
         table: list[Callable[[bytes, int, int], None]] = [self._enosys] * (P.MAX_OPCODE + 1)
         rw = not self.read_only
+        rw_requests = WritableRequests(self)
         for opcode, handler in {
             P.INIT: self._init,
             P.DESTROY: self._destroy,
@@ -373,34 +322,34 @@ class FuseSession:
             P.FORGET: self._forget,
             P.BATCH_FORGET: self._batch_forget,
             P.GETATTR: self._getattr,
-            P.SETATTR: self._setattr,
+            P.SETATTR: rw_requests.setattr,
             P.READLINK: self._readlink,
-            P.SYMLINK: self._symlink,
-            P.MKNOD: self._mknod,
-            P.MKDIR: self._mkdir,
-            P.UNLINK: self._unlink,
-            P.RMDIR: self._rmdir,
-            P.RENAME: self._rename,
-            P.RENAME2: self._rename2,
-            P.LINK: self._link,
-            P.OPEN: self._open if rw else self._enosys,
+            P.SYMLINK: rw_requests.symlink,
+            P.MKNOD: rw_requests.mknod,
+            P.MKDIR: rw_requests.mkdir,
+            P.UNLINK: rw_requests.unlink,
+            P.RMDIR: rw_requests.rmdir,
+            P.RENAME: rw_requests.rename,
+            P.RENAME2: rw_requests.rename2,
+            P.LINK: rw_requests.link,
+            P.OPEN: rw_requests.open if rw else self._enosys,
             P.OPENDIR: self._opendir if rw else self._enosys,
             P.READ: self._read,
-            P.WRITE: self._write,
+            P.WRITE: rw_requests.write,
             P.STATFS: self._statfs,
-            P.RELEASE: self._release,
+            P.RELEASE: rw_requests.release,
             P.RELEASEDIR: self._reply_ok_req,
-            P.FSYNC: self._fsync,
+            P.FSYNC: rw_requests.fsync,
             P.FSYNCDIR: self._reply_ok_req,
             # ro: FLUSH has nothing to do; ENOSYS makes the kernel stop sending it on close()
-            P.FLUSH: self._flush if rw else self._enosys,
-            P.SETXATTR: self._setxattr,
+            P.FLUSH: rw_requests.flush if rw else self._enosys,
+            P.SETXATTR: rw_requests.setxattr,
             P.GETXATTR: self._getxattr,
             P.LISTXATTR: self._listxattr,
-            P.REMOVEXATTR: self._removexattr,
+            P.REMOVEXATTR: rw_requests.removexattr,
             P.READDIR: self._readdir,
             P.READDIRPLUS: self._readdirplus,
-            P.CREATE: self._create,
+            P.CREATE: rw_requests.create,
             P.INTERRUPT: self._interrupt,
             P.NOTIFY_REPLY: self._no_reply,
             P.FALLOCATE: self._eopnotsupp,
@@ -412,19 +361,19 @@ class FuseSession:
         return table
 
     def _enosys(self, req: bytes, unique: int, nodeid: int) -> None:
-        self._reply_error(unique, errno.ENOSYS)
+        self.reply_error(unique, errno.ENOSYS)
 
     def _eopnotsupp(self, req: bytes, unique: int, nodeid: int) -> None:
-        self._reply_error(unique, errno.EOPNOTSUPP)
+        self.reply_error(unique, errno.EOPNOTSUPP)
 
     def _reply_ok_req(self, req: bytes, unique: int, nodeid: int) -> None:
-        self._reply_ok(unique)
+        self.reply_ok(unique)
 
     def _no_reply(self, req: bytes, unique: int, nodeid: int) -> None:
         pass
 
     @staticmethod
-    def _names(req: bytes, start: int, count: int) -> list[str]:
+    def names(req: bytes, start: int, count: int) -> list[str]:
         """count NUL-terminated UTF-8 names from req[start:]; UnicodeDecodeError if invalid."""
         parts = req[start:].split(b"\0", count)
         if len(parts) <= count - 1:
@@ -441,18 +390,18 @@ class FuseSession:
                 # rw without keep_cache: drop cached pages when mtime/size change
                 want |= P.AUTO_INVAL_DATA
         # Read-only mounts never ask for AUTO_INVAL_DATA: their data does not change,
-        # and the page cache must survive from epoch to epoch (see DESIGN.md).
+        # and the page cache must survive from epoch to epoch (see docs/architecture.md).
         return want
 
     def _init(self, req: bytes, unique: int, nodeid: int) -> None:
         major, minor, max_readahead, flags = P.INIT_IN.unpack_from(req, P.IN_HEADER_SIZE)
         if major > P.KERNEL_VERSION:
             # the kernel retries INIT with the major we announce
-            self._send(P.OUT_HEADER.pack(16 + 8, 0, unique) + P.INIT_IN.pack(P.KERNEL_VERSION, 0, 0, 0)[:8])
+            self.send(P.OUT_HEADER.pack(16 + 8, 0, unique) + P.INIT_IN.pack(P.KERNEL_VERSION, 0, 0, 0)[:8])
             return
         if major < P.KERNEL_VERSION or minor < P.MIN_KERNEL_MINOR:
             log.error("kernel FUSE protocol %d.%d is too old (need 7.%d)", major, minor, P.MIN_KERNEL_MINOR)
-            self._reply_error(unique, errno.EPROTO)
+            self.reply_error(unique, errno.EPROTO)
             return
         want = self.want_flags
         out_minor = min(minor, P.KERNEL_MINOR_VERSION)
@@ -464,30 +413,30 @@ class FuseSession:
                                CONGESTION_THRESHOLD, self.max_write, 1, MAX_PAGES, 0, 0)
         if out_minor < 23:
             body = body[:P.INIT_OUT_COMPAT_22]
-        self._send(P.OUT_HEADER.pack(16 + len(body), 0, unique) + body)
+        self.send(P.OUT_HEADER.pack(16 + len(body), 0, unique) + body)
         log.debug("FUSE 7.%d initialized, flags %#x (kernel offered %#x), max_readahead %d",
                   out_minor, got, flags, max_readahead)
         self.initialized.set()
 
     def _destroy(self, req: bytes, unique: int, nodeid: int) -> None:
         # The kernel then aborts the connection; readers end on ENODEV.
-        self._reply_ok(unique)
+        self.reply_ok(unique)
 
     # ------------------------------------------------------------------ hot: lookup/attr
     def _lookup(self, req: bytes, unique: int, nodeid: int) -> None:
         try:
             name = req[40:-1].decode()
         except UnicodeDecodeError:
-            return self._reply_error(unique, errno.EINVAL)
+            return self.reply_error(unique, errno.EINVAL)
         try:
             attr = self.fs.cached_lookup(nodeid, name)
         except NotFound:
             if self.negative_valid[0] or self.negative_valid[1]:
                 return self._reply_negative(unique)
-            return self._reply_error(unique, errno.ENOENT)
+            return self.reply_error(unique, errno.ENOENT)
         if attr is not None:
-            return self._reply_entry(unique, attr)
-        self._cold(unique, P.LOOKUP, self._lookup_cold(nodeid, name), self._reply_lookup)
+            return self.reply_entry(unique, attr)
+        self.cold(unique, P.LOOKUP, self._lookup_cold(nodeid, name), self._reply_lookup)
 
     async def _lookup_cold(self, parent: int, name: str) -> Any:
         try:
@@ -500,8 +449,8 @@ class FuseSession:
     def _getattr(self, req: bytes, unique: int, nodeid: int) -> None:
         attr = self.fs.cached_getattr(nodeid)
         if attr is not None:
-            return self._reply_attr(unique, attr)
-        self._cold(unique, P.GETATTR, self.fs.getattr(nodeid), self._reply_attr)
+            return self.reply_attr(unique, attr)
+        self.cold(unique, P.GETATTR, self.fs.getattr(nodeid), self.reply_attr)
 
     def _forget(self, req: bytes, unique: int, nodeid: int) -> None:
         self.fs.forget(nodeid, P.FORGET_IN.unpack_from(req, 40)[0])
@@ -524,10 +473,10 @@ class FuseSession:
         if fh == 0:
             data = self.fs.cached_read(nodeid, offset, size)
             if data is not None:
-                return self._reply_data(unique, data)
-            self._cold(unique, P.READ, self.fs.read(nodeid, offset, size), self._reply_data)
+                return self.reply_data(unique, data)
+            self.cold(unique, P.READ, self.fs.read(nodeid, offset, size), self.reply_data)
         else:
-            self._cold(unique, P.READ, self.fs.read_handle(nodeid, fh, offset, size), self._reply_data)
+            self.cold(unique, P.READ, self.fs.read_handle(nodeid, fh, offset, size), self.reply_data)
 
     # ------------------------------------------------------------------ hot: directories
     def _readdirplus(self, req: bytes, unique: int, nodeid: int) -> None:
@@ -535,50 +484,16 @@ class FuseSession:
         entries = self.fs.cached_readdir(nodeid)
         if entries is not None:
             return self._reply_dirplus(unique, nodeid, offset, size, entries)
-        self._cold(unique, P.READDIRPLUS, self.fs.readdir(nodeid),
+        self.cold(unique, P.READDIRPLUS, self.fs.readdir(nodeid),
                    lambda u, ents: self._reply_dirplus(u, nodeid, offset, size, ents))
 
     def _reply_dirplus(self, unique: int, nodeid: int, offset: int, size: int, entries: list) -> None:
-        """direntplus records for entries[offset-2:], '.' and '..' first; 'off' = next index."""
-        pack = P.DIRENTPLUS.pack
-        pad = P.PADDING
-        ev, evn = self.entry_valid
-        av, avn = self.attr_valid
-        out = [b""]
-        used = 16
-        refs: list[Any] = []
-        index = offset
-        end = len(entries) + 2
-        while index < end:
-            if index < 2:
-                name = _DOT[index]
-                rec = pack(0, 0, 0, 0, 0, 0,
-                           0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                           nodeid if index == 0 else 1, index + 1, len(name), stat.S_IFDIR >> 12)
-            else:
-                attr = entries[index - 2]
-                sname = attr.name
-                name = sname.encode("utf-8", "surrogateescape")
-                values = attr_values(attr)
-                rec = pack(values[0], 0, ev, av, evn, avn, *values,
-                           values[0], index + 1, len(name), (values[9] >> 12) & 0xF)
-            reclen = 152 + len(name)
-            padding = -reclen & 7
-            if used + reclen + padding > size + 16:
-                break
-            if index >= 2:
-                refs.append(attr)
-            out.append(rec)
-            out.append(name)
-            if padding:
-                out.append(pad[padding])
-            used += reclen + padding
-            index += 1
+        out, used, refs = R.direntplus(entries, nodeid, offset, size, self.entry_valid, self.attr_valid)
         out[0] = P.OUT_HEADER.pack(used, 0, unique)
         ref = self.fs.ref
         for attr in refs:
             ref(attr)
-        if not self._send(b"".join(out)):
+        if not self.send(b"".join(out)):
             forget = self.fs.forget
             for attr in refs:
                 forget(attr.ino, 1)
@@ -589,208 +504,41 @@ class FuseSession:
         entries = self.fs.cached_readdir(nodeid)
         if entries is not None:
             return self._reply_dir(unique, nodeid, offset, size, entries)
-        self._cold(unique, P.READDIR, self.fs.readdir(nodeid),
+        self.cold(unique, P.READDIR, self.fs.readdir(nodeid),
                    lambda u, ents: self._reply_dir(u, nodeid, offset, size, ents))
 
     def _reply_dir(self, unique: int, nodeid: int, offset: int, size: int, entries: list) -> None:
-        pack = P.DIRENT.pack
-        out = [b""]
-        used = 16
-        index = offset
-        end = len(entries) + 2
-        while index < end:
-            if index < 2:
-                name, ino, mode = _DOT[index], (nodeid if index == 0 else 1), stat.S_IFDIR
-            else:
-                attr = entries[index - 2]
-                sname = attr.name
-                name, ino, mode = sname.encode("utf-8", "surrogateescape"), attr.ino, attr.mode
-            reclen = 24 + len(name)
-            padding = -reclen & 7
-            if used + reclen + padding > size + 16:
-                break
-            out.append(pack(ino, index + 1, len(name), (mode >> 12) & 0xF))
-            out.append(name)
-            if padding:
-                out.append(P.PADDING[padding])
-            used += reclen + padding
-            index += 1
+        out, used = R.dirent(entries, nodeid, offset, size)
         out[0] = P.OUT_HEADER.pack(used, 0, unique)
-        self._send(b"".join(out))
+        self.send(b"".join(out))
 
     def _opendir(self, req: bytes, unique: int, nodeid: int) -> None:
         # rw mounts: a handle-less open with no cache flags (listings may change)
-        self._send(P.OPEN_REPLY.pack(32, 0, unique, 0, 0, 0))
+        self.send(P.OPEN_REPLY.pack(32, 0, unique, 0, 0, 0))
 
     def _statfs(self, req: bytes, unique: int, nodeid: int) -> None:
-        self._cold(unique, P.STATFS, self.fs.statfs(), self._reply_statfs)
-
-    # ------------------------------------------------------------------ cold: files
-    def _open(self, req: bytes, unique: int, nodeid: int) -> None:
-        flags = P.OPEN_IN.unpack_from(req, 40)[0]
-        open_flags = P.FOPEN_KEEP_CACHE if self.keep_cache else 0
-
-        def reply(u: int, fh: int) -> None:
-            if not self._send(P.OPEN_REPLY.pack(32, 0, u, fh, open_flags, 0)):
-                self.loop.create_task(self._release_quietly(nodeid, fh))
-
-        self._cold(unique, P.OPEN, self.fs.open(nodeid, flags), reply)
-
-    async def _release_quietly(self, ino: int, fh: int) -> None:
-        try:
-            await self.fs.release(ino, fh)
-        except Exception as exc:
-            log.warning("release of an unanswered open failed: %s", exc)
-
-    def _create(self, req: bytes, unique: int, nodeid: int) -> None:
-        flags, mode, _umask, _ = P.CREATE_IN.unpack_from(req, 40)
-        try:
-            name = self._names(req, 56, 1)[0]
-        except UnicodeDecodeError:
-            return self._reply_error(unique, errno.EINVAL)
-        open_flags = P.FOPEN_KEEP_CACHE if self.keep_cache else 0
-
-        def reply(u: int, result: tuple[Any, int]) -> None:
-            attr, fh = result
-            ino = attr.ino
-            self.fs.ref(attr)
-            ev, evn = self.entry_valid
-            av, avn = self.attr_valid
-            if not self._send(P.CREATE_REPLY.pack(160, 0, u, ino, 0, ev, av, evn, avn, *attr_values(attr),
-                                                  fh, open_flags, 0)):
-                self.fs.forget(ino, 1)
-                self.loop.create_task(self._release_quietly(ino, fh))
-
-        self._cold(unique, P.CREATE, self.fs.create(nodeid, name, stat.S_IMODE(mode), flags), reply)
-
-    def _mknod(self, req: bytes, unique: int, nodeid: int) -> None:
-        mode, rdev, _umask, _ = P.MKNOD_IN.unpack_from(req, 40)
-        try:
-            name = self._names(req, 56, 1)[0]
-        except UnicodeDecodeError:
-            return self._reply_error(unique, errno.EINVAL)
-        self._cold(unique, P.MKNOD, self.fs.mknod(nodeid, name, mode, rdev), self._reply_entry)
-
-    def _write(self, req: bytes, unique: int, nodeid: int) -> None:
-        fh, offset, size = P.READ_HEAD.unpack_from(req, 40)
-        data = req[80:80 + size]
-        self._cold(unique, P.WRITE, self.fs.write(nodeid, fh, offset, data),
-                   lambda u, n: self._send(P.WRITE_REPLY.pack(24, 0, u, n, 0)))
-
-    def _flush(self, req: bytes, unique: int, nodeid: int) -> None:
-        fh = P.FLUSH_IN.unpack_from(req, 40)[0]
-        self._cold(unique, P.FLUSH, self.fs.flush(nodeid, fh), self._reply_ok)
-
-    def _fsync(self, req: bytes, unique: int, nodeid: int) -> None:
-        fh, fsync_flags, _ = P.FSYNC_IN.unpack_from(req, 40)
-        self._cold(unique, P.FSYNC, self.fs.fsync(nodeid, fh, bool(fsync_flags & P.FSYNC_FDATASYNC)),
-                   self._reply_ok)
-
-    def _release(self, req: bytes, unique: int, nodeid: int) -> None:
-        fh = P.RELEASE_IN.unpack_from(req, 40)[0]
-        self._cold(unique, P.RELEASE, self.fs.release(nodeid, fh), self._reply_ok)
-
-    def _setattr(self, req: bytes, unique: int, nodeid: int) -> None:
-        (valid, _, fh, size, _, atime, mtime, _, atimensec, mtimensec, _, mode, _, uid, gid, _) = \
-            P.SETATTR_IN.unpack_from(req, 40)
-        changes = SetAttr()
-        if valid & P.FATTR_MODE:
-            changes.mode = stat.S_IMODE(mode)
-        if valid & P.FATTR_UID:
-            changes.uid = uid
-        if valid & P.FATTR_GID:
-            changes.gid = gid
-        if valid & P.FATTR_SIZE:
-            changes.size = size
-        now = None
-        if valid & P.FATTR_ATIME_NOW:
-            changes.atime = now = time.time()
-        elif valid & P.FATTR_ATIME:
-            changes.atime = atime + atimensec / 1e9
-        if valid & P.FATTR_MTIME_NOW:
-            changes.mtime = now if now is not None else time.time()
-        elif valid & P.FATTR_MTIME:
-            changes.mtime = mtime + mtimensec / 1e9
-        handle = fh if valid & P.FATTR_FH else None
-        self._cold(unique, P.SETATTR, self.fs.setattr(nodeid, handle, changes), self._reply_attr)
-
-    # ------------------------------------------------------------------ cold: namespace
-    def _mkdir(self, req: bytes, unique: int, nodeid: int) -> None:
-        mode, _umask = P.MKDIR_IN.unpack_from(req, 40)
-        try:
-            name = self._names(req, 48, 1)[0]
-        except UnicodeDecodeError:
-            return self._reply_error(unique, errno.EINVAL)
-        self._cold(unique, P.MKDIR, self.fs.mkdir(nodeid, name, stat.S_IMODE(mode)), self._reply_entry)
-
-    def _unlink(self, req: bytes, unique: int, nodeid: int) -> None:
-        try:
-            name = self._names(req, 40, 1)[0]
-        except UnicodeDecodeError:
-            return self._reply_error(unique, errno.EINVAL)
-        self._cold(unique, P.UNLINK, self.fs.unlink(nodeid, name), self._reply_ok)
-
-    def _rmdir(self, req: bytes, unique: int, nodeid: int) -> None:
-        try:
-            name = self._names(req, 40, 1)[0]
-        except UnicodeDecodeError:
-            return self._reply_error(unique, errno.EINVAL)
-        self._cold(unique, P.RMDIR, self.fs.rmdir(nodeid, name), self._reply_ok)
-
-    def _rename(self, req: bytes, unique: int, nodeid: int) -> None:
-        newdir = P.RENAME_IN.unpack_from(req, 40)[0]
-        self._do_rename(req, unique, nodeid, newdir, 0, 48)
-
-    def _rename2(self, req: bytes, unique: int, nodeid: int) -> None:
-        newdir, flags, _ = P.RENAME2_IN.unpack_from(req, 40)
-        self._do_rename(req, unique, nodeid, newdir, flags, 56)
-
-    def _do_rename(self, req: bytes, unique: int, nodeid: int, newdir: int, flags: int, start: int) -> None:
-        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):  # RENAME_WHITEOUT: overlayfs only
-            return self._reply_error(unique, errno.EINVAL)
-        try:
-            old, new = self._names(req, start, 2)
-        except UnicodeDecodeError:
-            return self._reply_error(unique, errno.EINVAL)
-        rename = self.fs.rename(nodeid, old, newdir, new, noreplace=bool(flags & RENAME_NOREPLACE),
-                                exchange=bool(flags & RENAME_EXCHANGE))
-        self._cold(unique, P.RENAME, rename, self._reply_ok)
-
-    def _link(self, req: bytes, unique: int, nodeid: int) -> None:
-        newdir = P.LINK_IN.unpack_from(req, 40)[0]
-        try:
-            name = self._names(req, 48, 1)[0]
-        except UnicodeDecodeError:
-            return self._reply_error(unique, errno.EINVAL)
-        self._cold(unique, P.LINK, self.fs.link(nodeid, newdir, name), self._reply_entry)
-
-    def _symlink(self, req: bytes, unique: int, nodeid: int) -> None:
-        try:
-            name, target = self._names(req, 40, 2)
-        except UnicodeDecodeError:
-            return self._reply_error(unique, errno.EINVAL)
-        self._cold(unique, P.SYMLINK, self.fs.symlink(nodeid, name, target), self._reply_entry)
+        self.cold(unique, P.STATFS, self.fs.statfs(), self._reply_statfs)
 
     def _readlink(self, req: bytes, unique: int, nodeid: int) -> None:
-        self._cold(unique, P.READLINK, self.fs.readlink(nodeid),
-                   lambda u, target: self._reply_data(u, target.encode("utf-8", "surrogateescape")))
+        self.cold(unique, P.READLINK, self.fs.readlink(nodeid),
+                   lambda u, target: self.reply_data(u, target.encode("utf-8", "surrogateescape")))
 
     # ------------------------------------------------------------------ xattrs
     def _getxattr(self, req: bytes, unique: int, nodeid: int) -> None:
         size = P.GETXATTR_IN.unpack_from(req, 40)[0]
         try:
-            name = self._names(req, 48, 1)[0]
+            name = self.names(req, 48, 1)[0]
         except UnicodeDecodeError:
-            return self._reply_error(unique, errno.EINVAL)
+            return self.reply_error(unique, errno.EINVAL)
         if name.startswith(LOCAL_XATTR_PREFIXES):
-            return self._reply_error(unique, errno.ENODATA)
-        self._cold(unique, P.GETXATTR, self.fs.getxattr(nodeid, name),
+            return self.reply_error(unique, errno.ENODATA)
+        self.cold(unique, P.GETXATTR, self.fs.getxattr(nodeid, name),
                    lambda u, value: self._reply_xattr(u, size, value))
 
 
     def _listxattr(self, req: bytes, unique: int, nodeid: int) -> None:
         size = P.GETXATTR_IN.unpack_from(req, 40)[0]
-        self._cold(unique, P.LISTXATTR, self._listxattr_cold(nodeid),
+        self.cold(unique, P.LISTXATTR, self._listxattr_cold(nodeid),
                    lambda u, value: self._reply_xattr(u, size, value))
 
     async def _listxattr_cold(self, ino: int) -> bytes:
@@ -802,30 +550,11 @@ class FuseSession:
 
     def _reply_xattr(self, unique: int, size: int, value: bytes) -> None:
         if size == 0:
-            self._send(P.GETXATTR_REPLY.pack(24, 0, unique, len(value), 0))
+            self.send(P.GETXATTR_REPLY.pack(24, 0, unique, len(value), 0))
         elif len(value) > size:
-            self._reply_error(unique, errno.ERANGE)
+            self.reply_error(unique, errno.ERANGE)
         else:
-            self._reply_data(unique, value)
-
-    def _setxattr(self, req: bytes, unique: int, nodeid: int) -> None:
-        size, flags = P.SETXATTR_IN.unpack_from(req, 40)
-        nul = req.find(b"\0", 48)
-        try:
-            if nul < 0:
-                raise UnicodeDecodeError("utf-8", b"", 0, 0, "truncated name")
-            name = req[48:nul].decode()
-        except UnicodeDecodeError:
-            return self._reply_error(unique, errno.EINVAL)
-        value = req[nul + 1:nul + 1 + size]
-        self._cold(unique, P.SETXATTR, self.fs.setxattr(nodeid, name, value, flags), self._reply_ok)
-
-    def _removexattr(self, req: bytes, unique: int, nodeid: int) -> None:
-        try:
-            name = self._names(req, 40, 1)[0]
-        except UnicodeDecodeError:
-            return self._reply_error(unique, errno.EINVAL)
-        self._cold(unique, P.REMOVEXATTR, self.fs.removexattr(nodeid, name), self._reply_ok)
+            self.reply_data(unique, value)
 
     # ------------------------------------------------------------------ notifications
     def invalidate_inode(self, ino: int, offset: int = 0, length: int = 0) -> None:
