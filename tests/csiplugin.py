@@ -59,12 +59,14 @@ class Plugin:
         while True:
             try:
                 with grpc.insecure_channel(self.endpoint) as ch:
-                    csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=2)
-                return
+                    # ready: the mounts of a previous plugin are taken over
+                    if csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=2).ready.value:
+                        return
             except grpc.RpcError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"pailfs csi did not come up:\n{self.log.read_text()}") from None
-                time.sleep(0.1)
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"pailfs csi did not come up:\n{self.log.read_text()}")
+            time.sleep(0.1)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:

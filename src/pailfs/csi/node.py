@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ import grpc
 
 from pailfs.csi import DEFAULT_MOUNT_TIMEOUT, DEFAULT_STATE_DIR, attributes, csi_pb2, mounts
 from pailfs.csi.attributes import BadVolume, option_name
+from pailfs.procs import pid_running
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ POD_KEYS = ("csi.storage.k8s.io/pod.namespace", "csi.storage.k8s.io/pod.name")
 GROUP_RW_UMASK = "007"
 UNMOUNT_WAIT = 60.0  # seconds an unpublish waits for the daemon's last uploads
 RECORD = "publication.json"
+INSTANCE_ENV = "PAILFS_CSI_INSTANCE"
 
 
 class CsiError(Exception):
@@ -190,6 +193,7 @@ class Publication:
     read_only: bool
     created_target: bool
     pid: int | None = None
+    instance: str = ""      # the plugin (supervisor) whose daemon serves it
 
 
 class NodeService:
@@ -203,6 +207,9 @@ class NodeService:
         self.mount_command = list(mount_command or [sys.executable, "-m", "pailfs", "mount"])
         self.mount_timeout = mount_timeout
         self.buffer_budget_mb = buffer_budget_mb
+        # A supervisor names its plugin instance; records of another instance are the
+        # mounts of the plugin this one replaces (an upgrade), to be taken over.
+        self.instance = os.environ.get(INSTANCE_ENV) or uuid.uuid4().hex
         self.ready = True
         self._locks_guard = threading.Lock()
         self._busy: set[str] = set()
@@ -265,9 +272,12 @@ class NodeService:
             raise
 
     def load_record(self, target: str) -> Publication | None:
+        return self.load_record_file(self.publication_dir(target) / RECORD)
+
+    @staticmethod
+    def load_record_file(path: Path) -> Publication | None:
         try:
-            data = json.loads((self.publication_dir(target) / RECORD).read_text())
-            return Publication(**data)
+            return Publication(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             return None
 
@@ -300,7 +310,8 @@ class NodeService:
                 os.makedirs(target, mode=0o750, exist_ok=True)
             except OSError as exc:
                 raise CsiError(grpc.StatusCode.INTERNAL, f"cannot create target_path: {exc.strerror}") from None
-            record = Publication(req.volume_id, target, plan.fingerprint(), plan.read_only, created)
+            record = Publication(req.volume_id, target, plan.fingerprint(), plan.read_only, created,
+                                 instance=self.instance)
             pub_dir = self.publication_dir(target)
             try:
                 self._save_record(record)
@@ -343,11 +354,22 @@ class NodeService:
         self._unmount(target)
         return False
 
+    @property
+    def control_dir(self) -> Path:
+        """Where mount daemons listen for a successor: in the state directory, which the
+        plugin that replaces this one shares."""
+        return self.state_dir / "control"
+
     def _start_daemon(self, volume_id: str, plan: MountPlan, target: str, passwd: Path,
                       secrets: tuple[str, str]) -> subprocess.Popen:
+        return self._run_daemon(volume_id, target, [plan.source, target], plan.mount_args(passwd), secrets)
+
+    def _run_daemon(self, volume_id: str, target: str, positional: list[str], options: list[str],
+                    secrets: tuple[str, str]) -> subprocess.Popen:
+        """Start a mount daemon and wait until it serves target (or say why it failed)."""
         read_end, write_end = os.pipe()
-        argv = [*self.mount_command, plan.source, target, "-f", "--ready-fd", str(write_end),
-                "--log-tag", log_tag(volume_id), *plan.mount_args(passwd)]
+        argv = [*self.mount_command, *positional, "-f", "--ready-fd", str(write_end),
+                "--control-dir", str(self.control_dir), "--log-tag", log_tag(volume_id), *options]
         log.info("volume %s: running %s", volume_id, " ".join(argv))
         try:
             # stderr is the plugin's: the daemon's log lines reach `kubectl logs`, tagged
@@ -420,6 +442,11 @@ class NodeService:
             except subprocess.TimeoutExpired:
                 log.warning("the mount daemon of %s is still finishing after %gs", target, UNMOUNT_WAIT)
                 self._finishing.append(proc)  # reaped later
+        elif record is not None and record.pid and record.instance == self.instance:
+            # a daemon of this plugin's earlier gRPC server, adopted by the supervisor
+            deadline = time.monotonic() + UNMOUNT_WAIT
+            while pid_running(record.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     @staticmethod
     def _remove_target(target: str, created: bool) -> None:
@@ -437,6 +464,37 @@ class NodeService:
                 log.warning("target_path %s is not empty; left in place", target)
             elif exc.errno != errno.ENOENT:
                 raise CsiError(grpc.StatusCode.INTERNAL, f"cannot remove target_path: {exc.strerror}") from None
+
+    # -- taking over from the plugin this one replaces ------------------------------
+    def take_over_previous(self) -> None:
+        """Take over the live mounts another plugin instance published (an upgrade: the
+        DaemonSet starts this plugin beside the old one). Probe says not ready until done."""
+        self.ready = False
+        try:
+            for record_file in sorted(self.state_dir.glob(f"*/{RECORD}")):
+                record = self.load_record_file(record_file)
+                if record is None or record.instance == self.instance:
+                    continue
+                try:
+                    with self.target_lock(record.target):
+                        self._take_over(record)
+                except CsiError as exc:
+                    log.warning("volume %s at %s stays with the previous plugin: %s", record.volume_id,
+                                record.target, exc.message)
+        finally:
+            self.ready = True
+
+    def _take_over(self, record: Publication) -> None:
+        info = mounts.mount_at(record.target)
+        if info is None or info.fstype != mounts.PAILFS_FSTYPE or mounts.is_dead_mount(record.target):
+            return  # gone, or dead: the next publish mounts afresh
+        started = time.monotonic()
+        proc = self._run_daemon(record.volume_id, record.target, ["--takeover", record.target], [], ("", ""))
+        self._daemons[record.target] = proc
+        record.pid, record.instance = proc.pid, self.instance
+        self._save_record(record)
+        log.warning("volume %s at %s taken over from the previous plugin in %.0f ms", record.volume_id,
+                    record.target, (time.monotonic() - started) * 1000)
 
     # -- children ------------------------------------------------------------------
     def _reap_loop(self) -> None:

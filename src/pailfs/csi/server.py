@@ -111,8 +111,10 @@ def build_server(endpoint: str, node: NodeService, workers: int = 8) -> grpc.Ser
 
 def serve(endpoint: str, node: NodeService) -> None:
     """Serve until SIGTERM/SIGINT. Mounts made so far stay (they run in their own sessions)."""
+    node.ready = False  # until the previous plugin's mounts are taken over (Probe: not ready)
     server = build_server(endpoint, node)
     server.start()
+    threading.Thread(target=node.take_over_previous, name="csi-takeover", daemon=True).start()
     path = socket_path(endpoint)
     own_socket = _inode(path)
     log.warning("pailfs CSI plugin %s %s serving on %s as node %s", DRIVER_NAME, __version__, endpoint,

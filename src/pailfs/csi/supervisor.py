@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from typing import Sequence
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Supervisor:
     def __init__(self, server_argv: Sequence[str]) -> None:
         self.server_argv = list(server_argv)
         self.pid1 = os.getpid() == 1
+        self.instance = uuid.uuid4().hex
         self.server: subprocess.Popen | None = None
         self.started_at = 0.0
         self.backoff = BACKOFF_FIRST
@@ -82,7 +84,10 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
             _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # the server never outlives its supervisor
 
-        self.server = subprocess.Popen(self.server_argv, preexec_fn=in_child, stdin=subprocess.DEVNULL)
+        # every server this supervisor starts is one plugin instance: its mounts are not
+        # taken over again when a crashed server is restarted
+        env = dict(os.environ, PAILFS_CSI_INSTANCE=self.instance)
+        self.server = subprocess.Popen(self.server_argv, preexec_fn=in_child, stdin=subprocess.DEVNULL, env=env)
         self.started_at = time.monotonic()
         self.restart_at = None
 
