@@ -267,6 +267,13 @@ class NamespacedPlugin:
                 self.kill_namespace()
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -325,6 +332,9 @@ def test_csi_plugin_upgrade_takes_over_the_mounts(s3_env, bucket, seaweed, s3_cr
         b.wait_ready()  # ready only once it holds A's mounts
         assert "taken over from the previous plugin" in b.log.read_text()
         reader.wait_reads(30)
+        # A keeps only its gRPC server: its daemon handed the mount over and exited, so on
+        # SIGTERM A's supervisor would exit at once
+        wait_until(lambda: all("--serve-only" in _cmdline(c) for c in _children(a.pid1)), "A's daemon to go")
         a.kill_namespace()
         reader.wait_reads(30)
         reader.finish()
@@ -338,11 +348,41 @@ def test_csi_plugin_upgrade_takes_over_the_mounts(s3_env, bucket, seaweed, s3_cr
             csi_pb2_grpc.NodeStub(ch).NodeUnpublishVolume(
                 csi_pb2.NodeUnpublishVolumeRequest(volume_id="pv-data", target_path=str(target)), timeout=90)
         assert not is_mounted(target)
-        # B, PID 1 of its namespace, reaped the daemon: no zombie
-        wait_until(lambda: not pid_running(daemon), "the daemon to be reaped")
+        # B, PID 1 of its namespace, reaped the daemon: no zombie left
+        wait_until(lambda: not Path(f"/proc/{daemon}").exists(), "the daemon to be reaped")
     finally:
         if reader is not None:
             reader.finish()
         for plugin in (a, b):
             if plugin is not None:
                 plugin.stop()
+
+
+def test_the_plugin_as_pid1_keeps_its_mounts_after_sigterm(s3_env, bucket, seaweed, s3_credentials,
+                                                          shared_kubelet_dir):
+    """Deleting the plugin pod without a successor: the gRPC server stops, but PID 1 stays
+    while a mount lives (its exit would kill the namespace, mount daemons included)."""
+    workdir, kubelet = shared_kubelet_dir
+    put_objects(f"s3://{bucket}", DATA)
+    target = kubelet / "pods" / "p2" / "mount"
+    target.parent.mkdir(parents=True)
+    context = {"bucket": bucket, "url": f"127.0.0.1:{seaweed.state().s3_port}", "path": "/data"}
+    secrets = {"akId": s3_credentials.access_key, "akSecret": s3_credentials.secret_key}
+    plugin = NamespacedPlugin(workdir, "a")
+    try:
+        plugin.wait_ready()
+        with grpc.insecure_channel(plugin.endpoint) as ch:
+            csi_pb2_grpc.NodeStub(ch).NodePublishVolume(
+                publish_request("pv-keep", target, context=context, secrets=secrets), timeout=90)
+        (server,) = [c for c in _children(plugin.pid1) if "--serve-only" in _cmdline(c)]
+        os.kill(plugin.pid1, signal.SIGTERM)
+        wait_until(lambda: not Path(f"/proc/{server}").exists(), "the gRPC server to stop and be reaped")
+        assert "waiting for them to be taken over or unmounted" in wait_until(
+            lambda: "waiting for them" in plugin.log.read_text() and plugin.log.read_text(), "the supervisor's word")
+        assert plugin.unshare.poll() is None and pid_running(plugin.pid1)
+        assert (target / "b.txt").read_bytes() == DATA["data/b.txt"]
+        # the mount goes away (as kubelet would unmount it): PID 1 has nothing left to keep, and exits
+        subprocess.run(["umount", str(target)], check=True)
+        plugin.unshare.wait(30)
+    finally:
+        plugin.stop()
