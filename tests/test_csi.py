@@ -28,6 +28,8 @@ from csiplugin import SECRETS, Mode, Plugin, publish_request
 
 LOCAL_PATH_OPTIONS = [o.name for o in config.OPTIONS if o.local_path]
 
+pytestmark = pytest.mark.mount  # real publishes mount (root); the plugin runs as a subprocess
+
 
 @pytest.fixture
 def workdir():

@@ -41,6 +41,8 @@ class _Blocker:
 sys.meta_path.insert(0, _Blocker())
 """
 
+pytestmark = pytest.mark.mount  # a real mount, and the plugin publishing one
+
 
 @pytest.fixture
 def blocked_env(tmp_path):

@@ -41,6 +41,8 @@ DATA = {
     "data/sub/c.txt": b"in a subdirectory\n",
 }
 
+pytestmark = pytest.mark.mount
+
 
 class Reader(threading.Thread):
     """Reads files through a mount in a loop, each time asking the daemon (the page

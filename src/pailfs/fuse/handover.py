@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import struct
 import threading
 import time
@@ -95,6 +96,14 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return json.loads(buf[_HEADER.size:_HEADER.size + size]), fds
 
 
+def check_private(directory: str) -> None:
+    """A control directory must be ours and private: whoever can write there could
+    stand in for a daemon (or a successor). Raises PermissionError otherwise."""
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise PermissionError(f"{directory} is not a private directory of uid {os.geteuid()}")
+
+
 def _close_all(fds: list[int]) -> None:
     for fd in fds:
         try:
@@ -122,7 +131,7 @@ class HandoverService:
     def start(self) -> None:
         directory = os.path.dirname(self.path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
+        check_private(directory)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             os.unlink(self.path)  # a predecessor's, or one left by a daemon that was killed
@@ -257,10 +266,11 @@ class Predecessor:
         path = control_path(control_dir, mountpoint)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
+            check_private(control_dir)
             self.sock.connect(path)
         except OSError as exc:
             self.sock.close()
-            raise MountError(f"no pailfs daemon to take over at {mountpoint} ({path}: {exc.strerror}); "
+            raise MountError(f"no pailfs daemon to take over at {mountpoint} ({path}: {exc.strerror or exc}); "
                              "was it mounted by a pailfs with handover support?") from None
         self.sock.settimeout(DRAIN_TIMEOUT + ANSWER_TIMEOUT)
         send(self.sock, {"op": "describe"})
