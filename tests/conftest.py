@@ -16,7 +16,7 @@ from pailfs.store.s3api import S3Api
 
 
 # Fixtures that start or use a real SeaweedFS: a test that uses one is a `server` test.
-SERVER_FIXTURES = frozenset({"seaweed", "private_server"})
+SERVER_FIXTURES = frozenset({"seaweed", "private_server", "cloud"})
 
 
 def pytest_collection_modifyitems(config, items):
@@ -134,3 +134,26 @@ def private_server(tmp_path, monkeypatch):
 def restart(server_state, tmp_path) -> None:
     """Start the private server again on the same endpoint."""
     SeaweedServer(tmp_path / "private-srv", s3_port=server_state.s3_port).start()
+
+
+# --- SeaweedFS as a cloud endpoint: domain names, https, STS (tests/weedcloud.py) ----------
+@pytest.fixture(scope="session")
+def cloud(tmp_path_factory):
+    """One CloudWeed for the session: virtual-hosted domains, https with a test CA, STS
+    with 4-second sessions and an OIDC issuer on 127.0.0.1."""
+    from weedcloud import CloudWeed, OidcIssuer, TestCA
+
+    base = tmp_path_factory.mktemp("cloud")
+    issuer = OidcIssuer(base / "oidc")
+    weed = CloudWeed(base, TestCA(base / "ca"), issuer)
+    try:
+        yield weed.start()
+    finally:
+        weed.stop()
+        issuer.close()
+
+
+@pytest.fixture
+def cloud_bucket(cloud) -> str:
+    """A fresh bucket on the cloud server."""
+    return make_bucket(cloud.server)

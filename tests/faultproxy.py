@@ -24,7 +24,8 @@ fires the proxy goes back to pass-through):
 * `blackhole()`: read the request and never answer.
 
 `fired` counts how often the current mode acted; `counts` keeps totals per
-mode for the whole life of the proxy; `requests` logs (method, target).
+mode for the whole life of the proxy; `requests` logs (method, target) and
+`request_heads` (method, target, headers).
 Killing and restarting SeaweedFS is in `kill9()` / `restart()` below.
 """
 
@@ -227,6 +228,8 @@ class FaultProxy(LoopbackProxy):
         self.fired = 0
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, str]] = []
+        # (method, target, lower-case headers) of every request, for tests of what clients send
+        self.request_heads: list[tuple[str, str, dict[str, str]]] = []
 
     # --- lifecycle --------------------------------------------------------------
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -296,6 +299,7 @@ class FaultProxy(LoopbackProxy):
                 method, target = parts[0], parts[1] if len(parts) > 1 else "/"
                 body_len = head.length or 0
                 has_body = head.chunked or body_len > 0
+                self.request_heads.append((method, target, head.headers))
                 mode = self._take(method, target, has_body)
                 if mode is not None and mode.name == "error":
                     await _copy_body(reader, None, head, has_body, _Budget(None))

@@ -50,7 +50,7 @@ def test_safe_modes_are_accepted(tmp_path, mode):
     assert resolve("b", f"passwd_file={f}").secret_key == SECRET
 
 
-@pytest.mark.parametrize("line", [f"only-one-field{SECRET}", f"a:b:c:{SECRET}", f"bucket::{SECRET}"])
+@pytest.mark.parametrize("line", [f"only-one-field{SECRET}", f"a:b:c:d:{SECRET}", f"bucket::{SECRET}"])
 def test_malformed_lines_name_the_line_not_the_secret(tmp_path, line):
     f = write(tmp_path / "passwd", f"# header\n{line}\n")
     with pytest.raises(BadCredentials) as caught:

@@ -451,7 +451,7 @@ def test_mount_options_are_one_argument_each(fake_node, tmp_path, workdir):
     assert args[:3] == ["bk1:/a/b", str(tmp_path / "t"), "-f"]
     opts = [args[i + 1] for i, a in enumerate(args) if a == "-o"]
     assert opts[0] == "allow_other" and opts[-2] == "ro"
-    assert {"max_stat_cache_size=0", "umask=022", "kernel_cache", "nonempty", "url=http://10.0.0.5:8333"} <= set(opts)
+    assert {"max_stat_cache_size=0", "umask=022", "kernel_cache", "nonempty", "url=https://10.0.0.5:8333"} <= set(opts)
     assert not any("," in o for o in opts)
 
 
@@ -860,10 +860,10 @@ def test_ack_seed_pv_with_the_driver_renamed_publishes(stubs, plugin, targets, b
     secret, pv, pvc = yaml.safe_load_all(text)
     for doc in (secret, pv, pvc):
         kubernetes_validate.validate(doc, "1.30.0", strict=True)
-    # The site's own values, written the way ACK's example writes them (an endpoint
-    # without a scheme): this test's server, bucket and key.
+    # The site's own values: this test's server (plain http: without a scheme an endpoint
+    # is https, which test_vhost.py publishes an ACK PV over), bucket and key.
     port = seaweed.state().s3_port
-    pv["spec"]["csi"]["volumeAttributes"].update(bucket=bucket, url=f"127.0.0.1:{port}")
+    pv["spec"]["csi"]["volumeAttributes"].update(bucket=bucket, url=f"http://127.0.0.1:{port}")
     secret["stringData"] = {"akId": s3_credentials.access_key, "akSecret": s3_credentials.secret_key}
     put_objects(f"s3://{bucket}", {"data/a.txt": b"ack data\n"})
 
@@ -890,7 +890,8 @@ def _ack_plan(context: dict[str, str], mode=Mode.MULTI_NODE_MULTI_WRITER, flags=
     ({"Region": "cn-hangzhou"}, "region=cn-hangzhou"),
     ({"fuseType": "ossfs2"}, "url=https://oss-cn-hangzhou.aliyuncs.com"),
     ({"fuseType": "OSSFS"}, "url=https://oss-cn-hangzhou.aliyuncs.com"),
-    ({"url": "oss-cn-hangzhou-internal.aliyuncs.com"}, "url=http://oss-cn-hangzhou-internal.aliyuncs.com"),
+    ({"url": "oss-cn-hangzhou-internal.aliyuncs.com"}, "url=https://oss-cn-hangzhou-internal.aliyuncs.com"),
+    ({"url": "http://10.0.0.5:8333"}, "url=http://10.0.0.5:8333"),
     ({"url": "HTTPS://oss-cn-hangzhou.aliyuncs.com/"}, "url=https://oss-cn-hangzhou.aliyuncs.com"),
     ({"sigVersion": "v4"}, "url=https://oss-cn-hangzhou.aliyuncs.com"),
 ])
@@ -915,6 +916,8 @@ def test_ack_readonly_attribute_forces_ro():
 
 @pytest.mark.parametrize("context, words", [
     ({"authType": "sts"}, "authType"),
+    ({"otherOpts": "-o ram_role=auto"}, "ram_role"),
+    ({"otherOpts": "credential_process=/bin/sh"}, "credential_process"),
     ({"authType": "rrsa", "roleName": "r"}, "not supported"),
     ({"akId": "LTAIabc", "akSecret": "sk"}, "secret"),
     ({"encrypted": "kms"}, "encryption"),

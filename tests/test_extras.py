@@ -139,7 +139,7 @@ def test_the_plugin_and_its_mounts_need_only_the_csi_extra(s3_env, bucket, seawe
     target = workdir / "pod" / "mount"
     try:
         plugin.start()
-        context = {"bucket": bucket, "url": f"127.0.0.1:{seaweed.state().s3_port}", "path": "/data"}
+        context = {"bucket": bucket, "url": f"http://127.0.0.1:{seaweed.state().s3_port}", "path": "/data"}
         secrets = {"akId": s3_credentials.access_key, "akSecret": s3_credentials.secret_key}
         with grpc.insecure_channel(plugin.endpoint) as ch:
             node = csi_pb2_grpc.NodeStub(ch)

@@ -313,7 +313,7 @@ def test_csi_plugin_upgrade_takes_over_the_mounts(s3_env, bucket, seaweed, s3_cr
     put_objects(f"s3://{bucket}", DATA)
     target = kubelet / "pods" / "p1" / "volumes" / "kubernetes.io~csi" / "pv-data" / "mount"
     target.parent.mkdir(parents=True)
-    context = {"bucket": bucket, "url": f"127.0.0.1:{seaweed.state().s3_port}", "path": "/data"}
+    context = {"bucket": bucket, "url": f"http://127.0.0.1:{seaweed.state().s3_port}", "path": "/data"}
     secrets = {"akId": s3_credentials.access_key, "akSecret": s3_credentials.secret_key}
     a = NamespacedPlugin(workdir, "a")
     b = None
@@ -368,7 +368,7 @@ def test_the_plugin_as_pid1_keeps_its_mounts_after_sigterm(s3_env, bucket, seawe
     put_objects(f"s3://{bucket}", DATA)
     target = kubelet / "pods" / "p2" / "mount"
     target.parent.mkdir(parents=True)
-    context = {"bucket": bucket, "url": f"127.0.0.1:{seaweed.state().s3_port}", "path": "/data"}
+    context = {"bucket": bucket, "url": f"http://127.0.0.1:{seaweed.state().s3_port}", "path": "/data"}
     secrets = {"akId": s3_credentials.access_key, "akSecret": s3_credentials.secret_key}
     plugin = NamespacedPlugin(workdir, "a")
     try:

@@ -279,10 +279,14 @@ def test_deploy_refuses_bad_input_with_one_line(args, words):
     assert_refused(run("k8s", "deploy", *args), *words)
 
 
-def test_manifests_write_an_endpoint_without_scheme_as_the_plugin_reads_it():
+def test_manifests_keep_an_endpoint_without_scheme_the_plugin_accepts():
     docs, _ = docs_of("k8s", "manifests", *_with("--url", "oss-cn-beijing-internal.aliyuncs.com"))
     k = by_kind(docs)
-    assert k["PersistentVolume"]["spec"]["csi"]["volumeAttributes"]["url"] == \
-        "http://oss-cn-beijing-internal.aliyuncs.com"
+    attrs = k["PersistentVolume"]["spec"]["csi"]["volumeAttributes"]
+    assert attrs["url"] == "oss-cn-beijing-internal.aliyuncs.com"
     env = {e["name"]: e for e in k["Job"]["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["URL"]["value"] == "http://oss-cn-beijing-internal.aliyuncs.com"
+    assert env["URL"]["value"] == "oss-cn-beijing-internal.aliyuncs.com"
+    req = csi_pb2.NodePublishVolumeRequest(volume_id="v", target_path="/mnt/t", volume_context=attrs)
+    req.volume_capability.mount.SetInParent()
+    req.volume_capability.access_mode.mode = csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_READER_ONLY
+    assert "url=https://oss-cn-beijing-internal.aliyuncs.com" in plan_mount(req).tokens

@@ -10,7 +10,6 @@ import hashlib
 import os
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
@@ -567,3 +566,66 @@ def test_s3api_carries_keys_obstore_cannot_spell(s3_env, bucket):
 
 def test_check_passes_on_a_good_store(run):
     run(lambda store: store.check())
+
+
+# --- upkeep: incomplete uploads, buckets ------------------------------------------------------------
+async def _leave_incomplete_upload(store: ObjectStore, key: str, kind: str) -> None:
+    """What a writer killed mid-upload leaves behind, in each store's own terms."""
+    if kind.startswith("s3"):
+        resp = await store.api.request("POST", store.bucket, store.root + key, query={"uploads": ""})
+        assert resp.status_code == 200, resp.text
+    elif kind == "local":
+        tmp = store.root / ".pailfs-store" / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "killed-writer").write_bytes(b"half an object")
+
+
+def test_abort_stale_uploads(run):
+    async def body(store):
+        await store.put("ckpt/0000000001/done", b"complete")
+        await _leave_incomplete_upload(store, "ckpt/0000000002/model.bin", run.kind)
+        await _leave_incomplete_upload(store, "other/file.bin", run.kind)
+        fresh = await store.abort_stale_uploads(3600)           # begun just now: kept
+        if run.kind == "local":
+            old = time.time() - 7200
+            os.utime(store.root / ".pailfs-store" / "tmp" / "killed-writer", (old, old))
+        selected = await store.abort_stale_uploads(0, select=lambda key: key.startswith("ckpt/"))
+        rest = await store.abort_stale_uploads(0)
+        again = await store.abort_stale_uploads(0)
+        listed = [o.key for o in (await store.list()).objects]
+        return fresh, selected, rest, again, listed
+
+    fresh, selected, rest, again, listed = run(body)
+    assert listed == ["ckpt/0000000001/done"]  # a complete object is never touched
+    if run.kind.startswith("s3"):
+        assert (fresh, selected, rest, again) == (0, 1, 1, 0)
+    elif run.kind == "local":  # temp files belong to no key yet: select does not apply
+        assert (fresh, selected, rest, again) == (0, 1, 0, 0)
+    else:  # a memory store has no uploads in flight
+        assert (fresh, selected, rest, again) == (0, 0, 0, 0)
+
+
+def test_create_bucket(run, tmp_path, s3_env):
+    async def body(store):
+        with pytest.raises(StoreError, match="already exists") as caught:
+            await store.create_bucket()
+        return str(caught.value)
+
+    assert "\n" not in run(body)
+    if run.kind == "memory":
+        return
+
+    async def new_bucket():
+        store = (LocalStore(tmp_path / "new-bucket") if run.kind == "local"
+                 else open_store(f"s3://{run.bucket}-new"))
+        try:
+            with pytest.raises(NoSuchBucket):
+                await store.check()
+            await store.create_bucket()
+            await store.check()
+            await store.put("k", b"in a new bucket")
+            return await store.get("k")
+        finally:
+            await store.close()
+
+    assert asyncio.run(new_bucket()) == b"in a new bucket"

@@ -32,13 +32,17 @@ class LoopThread:
         self.loop.run_forever()
 
     def submit(self, coro: Coroutine[Any, Any, T] | Awaitable[T]) -> concurrent.futures.Future[T]:
-        if self.loop.is_closed():
+        if self.closed:
             raise RuntimeError(f"the {self.thread.name} loop is stopped")
         return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
 
     def run(self, coro: Coroutine[Any, Any, T] | Awaitable[T], timeout: float | None = None) -> T:
         """Run coro on the loop and wait for its result (never call from the loop itself)."""
         return self.submit(coro).result(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self.loop.is_closed()
 
     def on_loop(self) -> bool:
         return threading.current_thread() is self.thread

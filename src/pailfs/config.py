@@ -85,6 +85,14 @@ def _text(text: str) -> str:
     return text
 
 
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError("expected " + ", ".join(choices[:-1]) + " or " + choices[-1])
+        return text
+    return parse
+
+
 @dataclass(frozen=True)
 class Option:
     """One user-facing option: its name, how to parse it, its default, its help."""
@@ -97,8 +105,10 @@ class Option:
     aliases: tuple[str, ...] = ()
     env: tuple[str, ...] = ()
     unit: str = ""
-    # where the option may come from: CSI otherOpts must not name local files
+    # where the option may come from: CSI otherOpts must not name local files (nor commands)
     local_path: bool = False
+    # flags of other tools that set this option: (flag, value when on, value when =false)
+    switches: tuple[tuple[str, Any, Any], ...] = ()
 
     @property
     def metavar(self) -> str:
@@ -106,14 +116,36 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("url", _text, None, "Endpoint of the object store, e.g. http://127.0.0.1:8333 or https://oss-cn-beijing.aliyuncs.com.",
+    Option("url", _text, None, "Endpoint of the object store: host, host:port or scheme://host[:port]; without a scheme, "
+           "https. E.g. oss-cn-hangzhou.aliyuncs.com, https://s3.us-west-2.amazonaws.com, http://127.0.0.1:8333.",
            env=("PAILFS_ENDPOINT", "URL"), unit="URL"),
-    Option("region", _text, "us-east-1", "Signing region (S3 SigV4).", env=("PAILFS_REGION", "AWS_REGION"), unit="NAME"),
-    Option("use_path_request_style", _parse_bool, True, "Address buckets as http://host/bucket (path style); off = virtual-hosted style.", kind="flag"),
-    Option("virtual_hosted", _parse_bool, False, "Address buckets as http://bucket.host (virtual-hosted style, as OSS and AWS prefer).", kind="flag"),
-    Option("passwd_file", _text, None, "Credentials file in ossfs format ('bucket:AK:SK' or 'AK:SK' lines); must be mode 0600 or 0400. "
-           "Default: /etc/passwd-pailfs, then ~/.passwd-pailfs; then env OSS_ACCESS_KEY_ID/OSS_ACCESS_KEY_SECRET, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.",
+    Option("region", _text, None, "Signing region (S3 SigV4). Unset: from an OSS or AWS endpoint host "
+           "(oss-cn-hangzhou.aliyuncs.com -> cn-hangzhou, s3.us-west-2.amazonaws.com -> us-west-2), else us-east-1.",
+           env=("PAILFS_REGION", "AWS_REGION"), unit="NAME"),
+    Option("addressing", _choice("auto", "virtual", "path"), "auto",
+           "How buckets are addressed: virtual (https://bucket.host), path (https://host/bucket), or auto: virtual "
+           "for OSS (*.aliyuncs.com) and AWS (*.amazonaws.com) hosts, path for IP addresses, localhost and other hosts. "
+           "The s3fs/ossfs flags use_path_request_style (= path) and virtual_hosted (= virtual) set it too.",
+           env=("PAILFS_ADDRESSING",), unit="MODE",
+           switches=(("use_path_request_style", "path", "virtual"), ("virtual_hosted", "virtual", "path"))),
+    Option("ca_file", _text, None, "PEM file of CA certificates trusted for https endpoints (and STS) besides the "
+           "system CAs; verification is never switched off.", env=("PAILFS_CA_FILE", "AWS_CA_BUNDLE"), unit="FILE",
+           local_path=True),
+    Option("passwd_file", _text, None, "Credentials file in ossfs format ('bucket:AK:SK[:TOKEN]' or 'AK:SK' lines); "
+           "must be mode 0600 or 0400. First of the credential sources; see docs/configuration.md for the order.",
            unit="FILE", local_path=True),
+    Option("credential_process", _text, None, "Command that prints temporary credentials as AWS JSON (AccessKeyId, "
+           "SecretAccessKey, SessionToken, Expiration); run without a shell (words split like sh), again before "
+           "they expire. Its stderr is never read.", env=("PAILFS_CREDENTIAL_PROCESS",), unit="CMD", local_path=True),
+    Option("ram_role", _text, None, "Alibaba ECS RAM role: temporary credentials from the instance metadata service "
+           "(auto: the role attached to the instance), refreshed before they expire.", unit="NAME"),
+    Option("iam_role", _text, None, "AWS EC2 IAM role: temporary credentials from the instance metadata service "
+           "(IMDSv2; auto: the role attached to the instance), refreshed before they expire.", unit="NAME"),
+    Option("metadata_url", _text, None, "Base URL of the instance metadata service (default http://100.100.100.200 "
+           "for ram_role, http://169.254.169.254 for iam_role).", unit="URL", local_path=True),
+    Option("sts_endpoint", _text, None, "STS endpoint for web identity credentials (RRSA/IRSA). Default: "
+           "sts[.ALIBABA_CLOUD_STS_REGION].aliyuncs.com for RRSA, sts.REGION.amazonaws.com for IRSA.",
+           env=("PAILFS_STS_ENDPOINT", "AWS_STS_ENDPOINT"), unit="URL", local_path=True),
     Option("ro", _parse_bool, False, "Read-only mount: every modifying call fails with EROFS; enables zero-message opens.", kind="flag"),
     Option("rw", _parse_bool, False, "Read-write mount (the default; accepted for fstab compatibility).", kind="flag"),
     Option("kernel_cache", _parse_bool, False, "Keep the kernel page cache across opens; kernel entry/attr timeouts = stat_cache_expire.", kind="flag"),
@@ -162,9 +194,13 @@ GENERIC_MOUNT_FLAGS = frozenset({
 })
 
 _BY_NAME: dict[str, Option] = {}
+_SWITCHES: dict[str, tuple[Option, Any, Any]] = {}
 for _opt in OPTIONS:
     for _n in (_opt.name, *_opt.aliases):
         _BY_NAME[_n] = _opt
+    for _flag, _on, _off in _opt.switches:
+        _BY_NAME[_flag] = _opt
+        _SWITCHES[_flag] = (_opt, _on, _off)
 
 
 def option(name: str) -> Option:
@@ -224,7 +260,13 @@ def parse_options(specs: list[str] | tuple[str, ...] = (), *, env: dict[str, str
             opt = _BY_NAME.get(name)
             if opt is None:
                 raise BadOption(f"unknown option {name!r}; valid options: {valid_names()}")  # repr: one line whatever the input
-            if opt.kind == "flag":
+            if name in _SWITCHES:  # e.g. use_path_request_style: a flag that sets addressing=path
+                _, on, off = _SWITCHES[name]
+                try:
+                    values[opt.name] = on if not eq or _parse_bool(raw.strip()) else off
+                except ValueError as exc:
+                    raise BadOption(f"bad value for option '{name}': {raw!r} ({exc})") from None
+            elif opt.kind == "flag":
                 values[opt.name] = _parse_one(opt, name, raw) if eq else True
             else:
                 if not eq:
@@ -257,6 +299,8 @@ def options_markdown() -> str:
         name = f"`{opt.name}{opt.metavar}`"
         if opt.aliases:
             name += " (" + ", ".join(f"`{a}=`" for a in opt.aliases) + ")"
+        if opt.switches:
+            name += " (flags " + ", ".join(f"`{flag}`" for flag, _, _ in opt.switches) + ")"
         default = "off" if opt.kind == "flag" and not opt.default else (
             "on" if opt.kind == "flag" else ("unset" if opt.default is None else
                                              (oct(opt.default)[2:] if opt.parse is _parse_octal else str(opt.default))))
@@ -287,13 +331,50 @@ This table is generated from `src/pailfs/config.py`
 """
 
 CONFIGURATION_FOOTER = """
+## Endpoints
+
+`url=` (or `--endpoint`, env `PAILFS_ENDPOINT`) is `host`, `host:port` or
+`scheme://host[:port]`; **without a scheme it is https**, so the endpoints ossfs
+and ACK PVs write (`oss-cn-hangzhou.aliyuncs.com`) work as they are.
+`addressing=auto` (the default) sends virtual-hosted requests
+(`https://bucket.host/key`) to OSS (`*.aliyuncs.com`) and AWS (`*.amazonaws.com`)
+hosts and path-style requests (`https://host/bucket/key`) to IP addresses,
+`localhost` and every other host; `addressing=virtual` or `=path` forces one
+(`use_path_request_style` and `virtual_hosted` are the s3fs/ossfs spellings).
+The signing region is `region=` when given, else the one in an OSS or AWS host
+name, else `us-east-1`. https is verified against the system CAs plus `ca_file=`
+(or `AWS_CA_BUNDLE`); there is no switch to turn verification off. Uploads are
+plain signed PUTs, never aws-chunked. Every provider and cloud, with tested
+command lines: [clouds.md](clouds.md).
+
 ## Credentials
 
-In this order: the `passwd_file=` option; `/etc/passwd-pailfs`; `~/.passwd-pailfs`
-(ossfs format: `bucket:AK:SK` lines for one bucket, or `AK:SK`; the file must be
-mode 0600 or 0400); env `OSS_ACCESS_KEY_ID`/`OSS_ACCESS_KEY_SECRET`; env
-`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`. Secrets never appear in logs, in
-the command line of any process pailfs starts, or in error messages.
+One chain, in this order; the first source that is configured is used, for
+mounts, `pailfs cp/ls/...`, the Checkpointer, `pailfs.open_store` and the CSI
+plugin alike:
+
+| # | source | credentials |
+| --- | --- | --- |
+| 1 | `passwd_file=FILE` | ossfs format: `bucket:AK:SK[:TOKEN]` lines for one bucket, or `AK:SK`; mode 0600 or 0400 |
+| 2 | `credential_process=CMD` | temporary: the command's AWS JSON (`AccessKeyId`, `SecretAccessKey`, `SessionToken`, `Expiration`), run again before expiry |
+| 3 | `ram_role=NAME` / `iam_role=NAME` | temporary: ECS / EC2 instance metadata (`auto`: the instance's role; `metadata_url=` moves the service) |
+| 4 | `/etc/passwd-pailfs`, then `~/.passwd-pailfs` | as 1, when the file exists |
+| 5 | env `OSS_ACCESS_KEY_ID` / `OSS_ACCESS_KEY_SECRET` (+ `OSS_SESSION_TOKEN`) | static, or an STS token as given |
+| 6 | env `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`) | static, or an STS token as given |
+| 7 | env `ALIBABA_CLOUD_ROLE_ARN`, `ALIBABA_CLOUD_OIDC_PROVIDER_ARN`, `ALIBABA_CLOUD_OIDC_TOKEN_FILE` (ACK RRSA) | temporary: STS AssumeRoleWithOIDC with the token file |
+| 8 | env `AWS_ROLE_ARN`, `AWS_WEB_IDENTITY_TOKEN_FILE` (EKS IRSA) | temporary: STS AssumeRoleWithWebIdentity with the token file |
+| 9 | none of these | anonymous requests |
+
+Temporary credentials are fetched again once two thirds of their life has
+passed (at most 5 minutes before they expire), so a mount or a training job
+that lives for days never remounts. A refresh that fails is logged (without a
+secret) and retried while the current credentials still work; only once they
+have expired do requests fail, with one line saying so. The STS endpoint is
+`sts_endpoint=` (env `PAILFS_STS_ENDPOINT`, `AWS_STS_ENDPOINT`), by default
+`sts[.ALIBABA_CLOUD_STS_REGION].aliyuncs.com` for RRSA and
+`sts.REGION.amazonaws.com` for IRSA. A credential process runs without a shell
+(its words split like sh) and its stderr is never read. Secrets never appear in
+logs, in the command line of any process pailfs starts, or in error messages.
 
 ## Kernel timeouts follow the stat cache
 

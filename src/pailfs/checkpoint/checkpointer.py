@@ -47,9 +47,7 @@ import shutil
 import threading
 import time
 import uuid
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Coroutine, Mapping, TypeVar
 
@@ -59,7 +57,6 @@ from pailfs.checkpoint.manifest import (
 from pailfs.checkpoint.snapshot import Snapshot, Source, StagedFile, Stager
 from pailfs.errors import CheckpointError, NotFound, PailfsError
 from pailfs.store.base import ObjectStore
-from pailfs.store.s3api import S3Api
 
 log = logging.getLogger(__name__)
 
@@ -510,30 +507,13 @@ class Checkpointer:
             log.warning("cleanup of uncommitted checkpoints under %s failed: %s", self.url, exc)
 
     async def _abort_stale_uploads(self, grace_period: float) -> int:
-        """Abort multipart uploads under the prefix older than grace_period (S3 stores only)."""
-        # S3Store keeps its signed client private (`_api`); no public accessor yet
-        api = getattr(self.store, "api", None) or getattr(self.store, "_api", None)
-        bucket = getattr(self.store, "bucket", None)
-        if not isinstance(api, S3Api) or not bucket:
-            log.debug("store %s cannot list multipart uploads; skipping", type(self.store).__name__)
-            return 0
-        root = getattr(self.store, "root", None) or getattr(self.store, "prefix", "") or ""
-        if root and not root.endswith("/"):
-            root += "/"
+        """Abort multipart uploads of checkpoint files older than grace_period."""
         try:
-            resp = await api.request("GET", bucket, query={"uploads": "", "prefix": root})
-            if resp.status_code != 200:
-                log.debug("ListMultipartUploads answered HTTP %d; skipping", resp.status_code)
-                return 0
-            stale = _stale_uploads(resp.content, root, time.time() - grace_period)
-            for key, upload_id in stale:
-                r = await api.request("DELETE", bucket, key, query={"uploadId": upload_id})
-                if r.status_code in (200, 204, 404):
-                    log.info("aborted stale multipart upload of %s", key)
+            return await self.store.abort_stale_uploads(
+                grace_period, select=lambda key: step_of_key(key) is not None)
         except Exception as exc:
             log.debug("aborting stale multipart uploads failed: %s", exc)
             return 0
-        return len(stale)
 
     # --- reading -------------------------------------------------------------
     async def _manifest(self, step: int | None) -> CheckpointInfo:
@@ -886,26 +866,6 @@ def _consume(h: "hashlib._Hash", data: bytes, sink: io.BufferedWriter | None) ->
     h.update(data)
     if sink is not None:
         sink.write(data)
-
-
-def _stale_uploads(xml: bytes, root: str, before: float) -> list[tuple[str, str]]:
-    """(bucket key, upload id) of checkpoint uploads under `root` initiated before `before`."""
-    out = []
-    tree = ET.fromstring(xml)
-    for up in tree.iter():
-        if not up.tag.endswith("Upload"):
-            continue
-        fields = {child.tag.rsplit("}", 1)[-1]: (child.text or "") for child in up}
-        key, upload_id, initiated = fields.get("Key", ""), fields.get("UploadId", ""), fields.get("Initiated", "")
-        if not key.startswith(root) or not upload_id or step_of_key(key[len(root):]) is None:
-            continue
-        try:
-            when = datetime.fromisoformat(initiated.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            continue
-        if when <= before:
-            out.append((key, upload_id))
-    return out
 
 
 def _torch():

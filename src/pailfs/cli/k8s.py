@@ -38,19 +38,31 @@ def manifests(
     from_env: bool = typer.Option(False, "--from-env",
                                   help="Fill the Secret from OSS_ACCESS_KEY_ID/OSS_ACCESS_KEY_SECRET "
                                        "instead of placeholders."),
+    auth: str = typer.Option("secret", "--auth",
+                             help="Credentials: secret (an access key Secret), irsa (EKS) or rrsa (ACK): "
+                                  "the pod's service account token, exchanged at STS (docs/clouds.md)."),
+    role_arn: str = typer.Option("", "--role-arn", help="Role of --auth irsa/rrsa."),
+    oidc_provider_arn: str = typer.Option("", "--oidc-provider-arn", help="OIDC provider ARN of --auth rrsa."),
 ) -> None:
-    """Print a Secret, a ReadOnlyMany PV and PVC for the data set, and a Job using them."""
+    """Print a Secret (or ServiceAccount), a ReadOnlyMany PV and PVC for the data set, and a Job using them."""
+    from pailfs.cli.app import fail
+
+    if auth not in ("secret", "irsa", "rrsa"):
+        raise fail(f"--auth must be secret, irsa or rrsa, not {auth!r}")
+    if auth != "secret" and (not role_arn or from_env):
+        raise fail(f"--auth {auth} needs --role-arn (and takes no --from-env: there is no key)")
+    if auth == "rrsa" and not oidc_provider_arn:
+        raise fail("--auth rrsa needs --oidc-provider-arn (acs:ram::UID:oidc-provider/NAME)")
     ak_id = ak_secret = None
     if from_env:
         ak_id, ak_secret = os.environ.get("OSS_ACCESS_KEY_ID"), os.environ.get("OSS_ACCESS_KEY_SECRET")
         if not ak_id or not ak_secret:
-            from pailfs.cli.app import fail
-
             raise fail("--from-env needs OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET in the environment")
     spec = PatternSpec(bucket=bucket, url=url, data_path=data_path, checkpoint_prefix=checkpoint_prefix,
                        image=image, namespace=namespace, name=name, other_opts=other_opts,
                        mount_path=mount_path, command=shlex.split(command) if command else [],
-                       ak_id=ak_id, ak_secret=ak_secret)
+                       ak_id=ak_id, ak_secret=ak_secret, auth=auth, role_arn=role_arn,
+                       oidc_provider_arn=oidc_provider_arn)
     check_pattern(spec)
     need_extra("k8s", "yaml")
     typer.echo(to_yaml(pattern_manifests(spec)), nl=False)

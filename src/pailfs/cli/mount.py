@@ -113,7 +113,7 @@ def _secrets_to_scrub(source: str, opts: config.Options) -> list[str]:
         creds = read_passwd_file(opts.passwd_file, parse_url(source).bucket)
     except PailfsError:
         return []
-    return [creds.access_key, creds.secret_key] if creds is not None else []
+    return [v for v in (creds.access_key, creds.secret_key, creds.token) if v] if creds is not None else []
 
 
 def _one_line(exc: BaseException) -> str:

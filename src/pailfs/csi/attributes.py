@@ -12,27 +12,26 @@ name changed:
 * keys are matched case-insensitively and values trimmed, as ACK does; an empty
   value counts as absent;
 * `otherOpts` may be `a,b` (pailfs) or `-o a -o b` / `-oa,b` (ossfs, ACK);
-* `url` may lack a scheme (`oss-cn-hangzhou.aliyuncs.com`): https, except OSS
-  `-internal` endpoints, IP addresses and localhost, which get http — ACK's rule,
-  extended to the private endpoints its "private cloud" mode leaves to ossfs's http;
+* `url` may lack a scheme (`oss-cn-hangzhou.aliyuncs.com`: https), parsed by the
+  one endpoint parser of pailfs (pailfs.store.endpoint);
 * ACK attributes that mean something to pailfs are used (`readOnly`, `region`,
-  `fuseType` ossfs/ossfs2), ACK attributes that only tune ACK's own machinery are
-  ignored with a warning, and those asking for something pailfs cannot do
-  (other credential sources, server-side encryption, CNFS) are refused;
+  `fuseType` ossfs/ossfs2, `authType` rrsa with `roleArn`/`oidcProviderArn`),
+  ACK attributes that only tune ACK's own machinery are ignored with a warning,
+  and those asking for something pailfs cannot do (STS via a RAM role name,
+  secrets-store, server-side encryption, CNFS) are refused;
 * ossfs-only `-o` options that change nothing a reader sees (`dbglevel`,
   `curldbg`, `noxattr`...) are ignored with a warning.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
-from urllib.parse import urlsplit
 
 from pailfs import config
 from pailfs.errors import BadOption
+from pailfs.store.endpoint import parse_endpoint
 from pailfs.store.url import check_bucket
 
 
@@ -41,7 +40,8 @@ class BadVolume(BadOption):
 
 
 # key (lower case) -> canonical name, for the attributes pailfs reads
-USED = {k.lower(): k for k in ("bucket", "url", "path", "otherOpts", "readOnly", "region", "fuseType", "sigVersion")}
+USED = {k.lower(): k for k in ("bucket", "url", "path", "otherOpts", "readOnly", "region", "fuseType", "sigVersion",
+                                "authType", "roleArn", "oidcProviderArn")}
 # ACK attributes that tune ACK's own machinery: nothing for pailfs to do
 IGNORED = {k.lower(): k for k in (
     "useSharedPath", "volumeAs", "metricsTop", "dnsPolicy", "overlay", "recovery", "runtimeClass",
@@ -50,15 +50,11 @@ IGNORED = {k.lower(): k for k in (
 REFUSED = {
     "akid": "credentials go in the volume's secret (nodePublishSecretRef: akId/akSecret), not in volumeAttributes",
     "aksecret": "credentials go in the volume's secret (nodePublishSecretRef: akId/akSecret), not in volumeAttributes",
-    "authtype": "pailfs takes the access key from the volume's secret (nodePublishSecretRef: akId/akSecret); "
-                "STS, RRSA and secret-store authentication are not supported",
-    "rolename": "RAM roles are not supported; put an access key in the volume's secret",
-    "ramrole": "RAM roles are not supported; put an access key in the volume's secret",
-    "rolearn": "RRSA is not supported; put an access key in the volume's secret",
-    "oidcproviderarn": "RRSA is not supported; put an access key in the volume's secret",
-    "assumerolearn": "assumed roles are not supported; put an access key in the volume's secret",
-    "externalid": "assumed roles are not supported; put an access key in the volume's secret",
-    "serviceaccountname": "RRSA is not supported; put an access key in the volume's secret",
+    "rolename": "the node's RAM role is not a volume's to use; use authType rrsa (roleArn) or the volume's secret",
+    "ramrole": "the node's RAM role is not a volume's to use; use authType rrsa (roleArn) or the volume's secret",
+    "assumerolearn": "chained role assumption is not supported; use authType rrsa (roleArn) or the volume's secret",
+    "externalid": "chained role assumption is not supported; use authType rrsa (roleArn) or the volume's secret",
+    "serviceaccountname": "the pod's own service account is used (authType rrsa/irsa)",
     "secretproviderclass": "secrets-store credentials are not supported; use nodePublishSecretRef",
     "secretref": "use nodePublishSecretRef for the volume's secret",
     "encrypted": "pailfs does not request server-side encryption; use the bucket's default encryption",
@@ -83,9 +79,16 @@ OSSFS_ONLY_OPTIONS = frozenset({
 # Options the plugin sets itself, and options a PV may not set: `debug` logs every
 # request of every pod into the plugin's log.
 PLUGIN_OWNED = frozenset({"url", "passwd_file"})
-NOT_IN_VOLUMES = frozenset({"debug"})
-
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+NOT_IN_VOLUMES = {
+    "debug": "it would log every request of every pod",
+    "ram_role": "the node's instance role is not a volume's to use",
+    "iam_role": "the node's instance role is not a volume's to use",
+}
+# authType -> the token audience its STS expects (the pod's token comes from kubelet)
+TOKEN_AUDIENCES = {"irsa": "sts.amazonaws.com", "rrsa": "sts.aliyuncs.com"}
+_ROLE_ARN_RE = {"irsa": re.compile(r"^arn:aws[a-z-]*:iam::(?:\d{1,12}:)?role/[\w+=,.@/-]{1,512}$"),
+                "rrsa": re.compile(r"^acs:ram::\d{1,20}:role/[\w.-]{1,64}$")}
+_OIDC_PROVIDER_RE = re.compile(r"^acs:ram::\d{1,20}:oidc-provider/[\w.-]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,9 @@ class VolumeSpec:
     tokens: tuple[str, ...]
     read_only: bool           # the PV's own readOnly attribute
     warnings: tuple[str, ...] = field(default=())
+    auth: str = "secret"      # "secret" (akId/akSecret), "irsa" or "rrsa" (the pod's token)
+    role_arn: str = ""
+    oidc_provider_arn: str = ""
 
     @property
     def source(self) -> str:
@@ -131,6 +137,7 @@ def parse_volume(attributes: Mapping[str, str], mount_flags: Sequence[str] = ())
             raise BadVolume(f"volumeAttributes.sigVersion {attrs['sigVersion']!r} must be v1 or v4")
         warnings.append("sigVersion v1 ignored: pailfs always signs requests with SigV4")
     read_only = _bool_attr("readOnly", attrs.get("readOnly", "false"))
+    auth, role_arn, provider_arn = _auth_of(attrs)
 
     specs = [attrs.get("otherOpts", ""), *mount_flags]
     for token in (t for spec in specs for t in split_other_opts(spec)):
@@ -139,7 +146,29 @@ def parse_volume(attributes: Mapping[str, str], mount_flags: Sequence[str] = ())
             tokens.append(kept)
     validate_tokens([*tokens, f"url={endpoint}"])
     return VolumeSpec(bucket=bucket, path=path, endpoint=endpoint, tokens=tuple(tokens),
-                      read_only=read_only, warnings=tuple(warnings))
+                      read_only=read_only, warnings=tuple(warnings), auth=auth, role_arn=role_arn,
+                      oidc_provider_arn=provider_arn)
+
+
+def _auth_of(attrs: Mapping[str, str]) -> tuple[str, str, str]:
+    """(authType, roleArn, oidcProviderArn) of a volume, checked."""
+    auth = attrs.get("authType", "").lower() or "secret"
+    if auth not in ("secret", *TOKEN_AUDIENCES):
+        raise BadVolume(f"volumeAttributes.authType {auth!r} is not one of secret, irsa, rrsa")
+    role, provider = attrs.get("roleArn", ""), attrs.get("oidcProviderArn", "")
+    if auth == "secret":
+        if role or provider:
+            raise BadVolume("volumeAttributes.roleArn/oidcProviderArn need authType irsa or rrsa")
+        return auth, "", ""
+    if not _ROLE_ARN_RE[auth].match(role):
+        example = "arn:aws:iam::123456789012:role/NAME" if auth == "irsa" else "acs:ram::UID:role/NAME"
+        raise BadVolume(f"volumeAttributes.roleArn must be a role ARN like {example} for authType {auth}")
+    if auth == "rrsa" and not _OIDC_PROVIDER_RE.match(provider):
+        raise BadVolume("volumeAttributes.oidcProviderArn must be like acs:ram::UID:oidc-provider/NAME "
+                        "for authType rrsa")
+    if auth == "irsa" and provider:
+        raise BadVolume("volumeAttributes.oidcProviderArn is for authType rrsa only")
+    return auth, role, provider
 
 
 def _normalize_keys(attributes: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
@@ -182,62 +211,23 @@ def check_bucket_name(bucket: str) -> None:
 
 
 def endpoint_url(text: str, *, bucket: str | None = None) -> str:
-    """`scheme://host[:port]` for an endpoint as a PV writes it; BadVolume unless it
-    is one: http(s) only, no credentials, path, query or option separators."""
+    """`scheme://host[:port]` for an endpoint as a PV writes it (pailfs.store.endpoint's
+    rules: http or https, https when left out; no credentials, path or query); BadVolume
+    unless it is one."""
     text = text.strip()
     if "@" in text:  # never echo it: the part before '@' may be a password
         raise BadVolume("url must not hold credentials (user:password@); use the volume's secret")
-    shown = repr(text) if len(text) <= 200 else repr(text[:200] + "...")
-    if not text or any(c.isspace() or ord(c) < 0x20 or c in ",;\"'\\<>{}|^`" for c in text):
-        raise BadVolume(f"url {shown} is not an endpoint URL (no spaces, commas or quotes)")
-    scheme, sep, rest = text.partition("://")
-    if sep:
-        scheme = scheme.lower()
-        if scheme not in ("http", "https"):
-            raise BadVolume(f"url {shown}: scheme must be http or https")
-    else:
-        rest = text
-        scheme = "https"
+    if any(c.isspace() or c in ",;\"'\\<>{}|^`" for c in text):
+        raise BadVolume(f"url {text[:200]!r} is not an endpoint URL (no commas, quotes or spaces)")
     try:
-        parts = urlsplit(f"{scheme}://{rest}")
-        port = parts.port
-        host = parts.hostname or ""
-    except ValueError as exc:
-        raise BadVolume(f"url {shown} is not an endpoint URL ({exc})") from None
-    if parts.query or parts.fragment or parts.path not in ("", "/"):
-        raise BadVolume(f"url {shown} must be scheme://host[:port] with no path or query")
-    if not _valid_host(host):
-        raise BadVolume(f"url {shown}: {host!r} is not a host name or IP address")
-    if not sep and _private_endpoint(host):
-        scheme = "http"
+        endpoint = parse_endpoint(text)
+    except BadOption as exc:
+        raise BadVolume(f"url: {exc}") from None
+    host = endpoint.host
     if bucket and host.lower().startswith(bucket + ".") and host.count(".") >= 3:
-        raise BadVolume(f"url {shown} names the bucket's own domain; give the region endpoint "
+        raise BadVolume(f"url {text!r} names the bucket's own domain; give the region endpoint "
                         f"(e.g. {host[len(bucket) + 1:]}) and the bucket separately")
-    netloc = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{netloc}" + (f":{port}" if port is not None else "")
-
-
-def _valid_host(host: str) -> bool:
-    if not host:
-        return False
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        pass
-    labels = host.rstrip(".").split(".")
-    return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
-
-
-def _private_endpoint(host: str) -> bool:
-    """Endpoints that speak plain http unless told otherwise (see the module doc)."""
-    if host.lower() == "localhost" or host.lower().endswith("-internal.aliyuncs.com"):
-        return True
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
+    return endpoint.url
 
 
 def subpath(path: str) -> str:
@@ -283,12 +273,12 @@ def _check_token(token: str, warnings: list[str]) -> str | None:
         return None
     opt = _lookup(name)
     if opt is not None and opt.local_path:
-        raise BadVolume(f"option '{name}' names a file on the node and is not allowed in a volume; "
-                        "credentials come from the volume's secret (akId/akSecret)")
+        raise BadVolume(f"option '{name}' names a file, command or service on the node and is not allowed "
+                        "in a volume; credentials come from the volume's secret (akId/akSecret) or authType")
     if opt is not None and opt.name in PLUGIN_OWNED:
         raise BadVolume(f"option '{name}' is set by the plugin; use volumeAttributes.url for the endpoint")
     if opt is not None and opt.name in NOT_IN_VOLUMES:
-        raise BadVolume(f"option '{name}' is not allowed in a volume (it would log every request of every pod)")
+        raise BadVolume(f"option '{name}' is not allowed in a volume: {NOT_IN_VOLUMES[opt.name]}")
     if any(ord(c) < 0x20 for c in token):
         raise BadVolume(f"option {token!r} holds control characters")
     return token

@@ -5,9 +5,19 @@ it to report the mount ready (or why it failed) on a pipe. Everything the plugin
 is given is checked before anything touches the node (`pailfs.csi.attributes`):
 attributes, otherOpts and mountOptions become structured values, and the mount's
 `-o` arguments are built from them, one option per argument — no attribute text
-is pasted into an option string. Options naming node files are refused; the
-secrets `akId`/`akSecret` go to a passwd file (0600 in a 0700 directory) that the
-mount reads through `passwd_file=`, never into argv, a log line or a message.
+is pasted into an option string. Options naming node files are refused.
+
+Credentials: the secrets `akId`/`akSecret` (and `securityToken`, a session token)
+go to a passwd file (0600 in a 0700 directory) that the mount reads through
+`passwd_file=`; they are never in argv, a log line or a message. Or the PV names
+a credential method, `authType: irsa` (`roleArn`) or `authType: rrsa` (`roleArn`,
+`oidcProviderArn`): the pod's own service account token, which kubelet passes in
+the volume context (CSIDriver `tokenRequests`), goes to a 0600 file that the
+mount exchanges at STS for temporary credentials (AWS_ROLE_ARN /
+ALIBABA_CLOUD_* in its environment); kubelet republishes (`requiresRepublish`)
+and the file is replaced, so the mount refreshes with the pod's current token.
+The STS endpoint comes from the plugin's environment, never from a PV: a PV must
+not send tokens elsewhere.
 
 `ro` is forced when the CO says readonly, the access mode is a reader-only one or
 the PV's readOnly attribute is true; no user option can undo it. The pod's fsGroup
@@ -64,6 +74,10 @@ SUPPORTED_MODES = READER_ONLY_MODES | {AccessMode.SINGLE_NODE_WRITER, AccessMode
 FS_TYPES = frozenset({"", "pailfs", "fuse.pailfs", "ossfs", "ossfs2"})
 
 SECRET_KEYS = ("akId", "akSecret")
+TOKEN_SECRET_KEY = "securityToken"
+# The pod's service account tokens (CSIDriver tokenRequests): {"audience": {"token": ..., ...}}
+POD_TOKENS_KEY = "csi.storage.k8s.io/serviceAccount.tokens"
+TOKEN_AUDIENCES = attributes.TOKEN_AUDIENCES
 POD_KEYS = ("csi.storage.k8s.io/pod.namespace", "csi.storage.k8s.io/pod.name")
 # rw mounts with an fsGroup: the group may read and write, others nothing
 GROUP_RW_UMASK = "007"
@@ -94,15 +108,19 @@ class MountPlan:
     read_only: bool
     mount_group: int | None
     warnings: tuple[str, ...] = ()
+    auth: str = "secret"   # "secret" (akId/akSecret), "irsa" or "rrsa" (the pod's token)
+    role_arn: str = ""
+    oidc_provider_arn: str = ""
 
     def fingerprint(self) -> str:
         """Identifies what is mounted: a republish must match it."""
-        what = [self.source, list(self.tokens), self.read_only, self.mount_group]
+        what = [self.source, list(self.tokens), self.read_only, self.mount_group, self.auth, self.role_arn,
+                self.oidc_provider_arn]
         return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
-    def mount_args(self, passwd: Path) -> list[str]:
+    def mount_args(self, credential_tokens: Sequence[str]) -> list[str]:
         args: list[str] = []
-        for token in (*self.tokens, f"passwd_file={passwd}"):
+        for token in (*self.tokens, *credential_tokens):
             if "," in token:  # each token is one option: checked when the plan was made
                 raise CsiError(grpc.StatusCode.INTERNAL, "an option holds a comma")
             args += ["-o", token]
@@ -155,7 +173,30 @@ def plan_mount(req: csi_pb2.NodePublishVolumeRequest, buffer_budget_mb: int | No
     if read_only and not opts.read_only:  # pragma: no cover - guarded by the filtering above
         raise CsiError(grpc.StatusCode.INTERNAL, "read-only could not be enforced")
     return MountPlan(source=spec.source, tokens=tuple(tokens), read_only=read_only, mount_group=group,
-                     warnings=spec.warnings)
+                     warnings=spec.warnings, auth=spec.auth, role_arn=spec.role_arn,
+                     oidc_provider_arn=spec.oidc_provider_arn)
+
+
+def pod_token(ctx: Mapping[str, str], auth: str) -> str:
+    """The pod's service account token for the audience of `auth`'s STS; messages never quote it."""
+    audience = TOKEN_AUDIENCES[auth]
+    try:
+        tokens = json.loads(ctx.get(POD_TOKENS_KEY) or "{}")
+        token = tokens[audience]["token"] if isinstance(tokens, dict) else None
+    except (ValueError, KeyError, TypeError):
+        token = None
+    if not isinstance(token, str) or not token.strip() or any(c in token for c in "\n\r\0"):
+        raise _invalid(f"authType {auth} needs the pod's service account token for audience {audience}: "
+                       f"add it to the CSIDriver's tokenRequests (pailfs k8s deploy does)")
+    return token.strip()
+
+
+def secret_token(secrets: Mapping[str, str]) -> str | None:
+    """The optional session token of the node-publish secret (key securityToken)."""
+    token = secrets.get(TOKEN_SECRET_KEY, "").strip()
+    if any(c in token for c in ":\n\r\0"):
+        raise _invalid(f"secret key {TOKEN_SECRET_KEY} holds an invalid value (contains ':' or a newline)")
+    return token or None
 
 
 def _mount_group(text: str) -> int | None:
@@ -194,6 +235,9 @@ class Publication:
     created_target: bool
     pid: int | None = None
     instance: str = ""      # the plugin (supervisor) whose daemon serves it
+    auth: str = "secret"    # what a successor's daemon needs in its environment (no secret)
+    role_arn: str = ""
+    oidc_provider_arn: str = ""
 
 
 class NodeService:
@@ -254,6 +298,10 @@ class NodeService:
         # One directory per target: a target holds at most one publication.
         return self.state_dir / hashlib.sha256(target.encode()).hexdigest()[:32]
 
+    def secret_dir(self, volume_id: str, target_path: str) -> Path:
+        """Where a publication's credential files are (its publication directory)."""
+        return self.publication_dir(mounts.canonical(target_path))
+
     @staticmethod
     def _private_dir(path: Path) -> None:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -295,13 +343,20 @@ class NodeService:
         if not os.path.isabs(req.target_path):
             raise _invalid("target_path must be an absolute path")
         plan = plan_mount(req, self.buffer_budget_mb)
-        ak, sk = check_secrets(req.secrets)
+        if plan.auth == "secret":
+            check_secrets(req.secrets)
+            secret_token(req.secrets)
+        else:
+            pod_token(req.volume_context, plan.auth)
         target = mounts.canonical(req.target_path)
         pod = "/".join(req.volume_context.get(k, "") for k in POD_KEYS).strip("/")
         for warning in plan.warnings:
             log.warning("volume %s: %s", req.volume_id, warning)
         with self.target_lock(target):
             if self._already_published(req.volume_id, plan, target):
+                if plan.auth != "secret":  # a republish: the pod's fresh token for the next refresh
+                    self._write_private(self.publication_dir(target) / "token",
+                                        pod_token(req.volume_context, plan.auth))
                 return
             if os.path.lexists(target) and not os.path.isdir(target):
                 raise CsiError(grpc.StatusCode.FAILED_PRECONDITION, "target_path exists and is not a directory")
@@ -311,13 +366,14 @@ class NodeService:
             except OSError as exc:
                 raise CsiError(grpc.StatusCode.INTERNAL, f"cannot create target_path: {exc.strerror}") from None
             record = Publication(req.volume_id, target, plan.fingerprint(), plan.read_only, created,
-                                 instance=self.instance)
+                                 instance=self.instance, auth=plan.auth, role_arn=plan.role_arn,
+                                 oidc_provider_arn=plan.oidc_provider_arn)
             pub_dir = self.publication_dir(target)
             try:
                 self._save_record(record)
-                passwd = pub_dir / "passwd"
-                self._write_private(passwd, f"{ak}:{sk}\n")
-                proc = self._start_daemon(req.volume_id, plan, target, passwd, (ak, sk))
+                cred_tokens, cred_env, secrets = self._credentials(req, plan, pub_dir)
+                proc = self._run_daemon(req.volume_id, target, [plan.source, target], plan.mount_args(cred_tokens),
+                                        secrets, cred_env)
             except BaseException:
                 self._remove_target(target, created)
                 shutil.rmtree(pub_dir, ignore_errors=True)
@@ -360,12 +416,33 @@ class NodeService:
         plugin that replaces this one shares."""
         return self.state_dir / "control"
 
-    def _start_daemon(self, volume_id: str, plan: MountPlan, target: str, passwd: Path,
-                      secrets: tuple[str, str]) -> subprocess.Popen:
-        return self._run_daemon(volume_id, target, [plan.source, target], plan.mount_args(passwd), secrets)
+    def _credentials(self, req: csi_pb2.NodePublishVolumeRequest, plan: MountPlan,
+                     directory: Path) -> tuple[list[str], dict[str, str], tuple[str, ...]]:
+        """Write the volume's credentials (0600); the mount's extra -o tokens, its extra
+        environment, and the values to scrub from its error output."""
+        if plan.auth == "secret":
+            ak, sk = check_secrets(req.secrets)
+            token = secret_token(req.secrets)
+            # a session token needs the bucket form of the passwd line: bucket:AK:SK:TOKEN
+            line = f"{plan.source.split(':', 1)[0]}:{ak}:{sk}:{token}" if token else f"{ak}:{sk}"
+            passwd = directory / "passwd"
+            self._write_private(passwd, line + "\n")
+            return [f"passwd_file={passwd}"], {}, tuple(v for v in (ak, sk, token) if v)
+        token = pod_token(req.volume_context, plan.auth)
+        self._write_private(directory / "token", token)
+        return [], self._token_env(plan.auth, plan.role_arn, plan.oidc_provider_arn, directory), (token,)
+
+    @staticmethod
+    def _token_env(auth: str, role_arn: str, provider_arn: str, directory: Path) -> dict[str, str]:
+        """The environment of a mount that exchanges the pod's token (in directory/token) at STS."""
+        token_file = str(directory / "token")
+        if auth == "irsa":
+            return {"AWS_ROLE_ARN": role_arn, "AWS_WEB_IDENTITY_TOKEN_FILE": token_file}
+        return {"ALIBABA_CLOUD_ROLE_ARN": role_arn, "ALIBABA_CLOUD_OIDC_PROVIDER_ARN": provider_arn,
+                "ALIBABA_CLOUD_OIDC_TOKEN_FILE": token_file}
 
     def _run_daemon(self, volume_id: str, target: str, positional: list[str], options: list[str],
-                    secrets: tuple[str, str]) -> subprocess.Popen:
+                    secrets: tuple[str, ...], env: Mapping[str, str] | None = None) -> subprocess.Popen:
         """Start a mount daemon and wait until it serves target (or say why it failed)."""
         read_end, write_end = os.pipe()
         argv = [*self.mount_command, *positional, "-f", "--ready-fd", str(write_end),
@@ -374,8 +451,8 @@ class NodeService:
         try:
             # stderr is the plugin's: the daemon's log lines reach `kubectl logs`, tagged
             proc = subprocess.Popen(argv, pass_fds=(write_end,), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, env=_child_env(), start_new_session=True,
-                                    close_fds=True)
+                                    stdout=subprocess.DEVNULL, env={**_child_env(), **(env or {})},
+                                    start_new_session=True, close_fds=True)
         finally:
             os.close(write_end)
         try:
@@ -489,7 +566,11 @@ class NodeService:
         if info is None or info.fstype != mounts.PAILFS_FSTYPE or mounts.is_dead_mount(record.target):
             return  # gone, or dead: the next publish mounts afresh
         started = time.monotonic()
-        proc = self._run_daemon(record.volume_id, record.target, ["--takeover", record.target], [], ("", ""))
+        env = None
+        if record.auth != "secret":  # the token file stays where it is: the state directory is shared
+            env = self._token_env(record.auth, record.role_arn, record.oidc_provider_arn,
+                                  self.publication_dir(record.target))
+        proc = self._run_daemon(record.volume_id, record.target, ["--takeover", record.target], [], (), env)
         self._daemons[record.target] = proc
         record.pid, record.instance = proc.pid, self.instance
         self._save_record(record)
@@ -513,9 +594,12 @@ class NodeService:
 
 
 # Credentials and endpoints of the plugin's own environment must not leak into a
-# volume's mount: the volume's secret and url are the only ones it may use.
-_ENV_DROP = frozenset({"OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "AWS_ACCESS_KEY_ID",
-                       "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PAILFS_ENDPOINT", "URL"})
+# volume's mount: the volume's secret (or the pod's token) and url are the only ones it
+# may use. What stays: AWS_CA_BUNDLE, AWS_STS_ENDPOINT, ALIBABA_CLOUD_STS_REGION (the admin's).
+_ENV_DROP = frozenset({"OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
+                       "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                       "ALIBABA_CLOUD_ROLE_ARN", "ALIBABA_CLOUD_OIDC_PROVIDER_ARN", "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
+                       "PAILFS_CREDENTIAL_PROCESS", "PAILFS_ENDPOINT", "URL"})
 
 
 def _child_env() -> dict[str, str]:
@@ -539,7 +623,7 @@ def _read_answer(fd: int, timeout: float) -> str | None:
         chunks.append(chunk)
 
 
-def _scrub(text: str, secrets: tuple[str, str]) -> str:
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
     for value in secrets:
         if value:
             text = text.replace(value, "***")

@@ -6,6 +6,10 @@ first (tests validate each one against the Kubernetes schemas) and YAML last.
 * `pattern_manifests`: a Secret with the access key, a ReadOnlyMany PV/PVC
   mounting the data set through the pailfs CSI driver, and a Job that reads the
   PVC read-only and writes checkpoints through the SDK (env from the Secret).
+  With `auth="irsa"`/`"rrsa"` there is no Secret: a ServiceAccount annotated
+  for EKS IRSA / ACK RRSA, a PV that names the method (`authType`, `roleArn`),
+  and a Job running as that account (the cloud's webhook injects the role and
+  token file the SDK reads).
 * `driver_manifests`: the CSIDriver object, a ServiceAccount and the node
   DaemonSet (node-driver-registrar sidecar + privileged `pailfs csi`).
 """
@@ -56,14 +60,17 @@ class PatternSpec:
     # None -> placeholders the user edits; values only with --from-env
     ak_id: str | None = None
     ak_secret: str | None = None
+    # "secret" (akId/akSecret), "irsa" (EKS) or "rrsa" (ACK): see docs/clouds.md
+    auth: str = "secret"
+    role_arn: str = ""
+    oidc_provider_arn: str = ""  # rrsa only
 
 
 def check_pattern(spec: PatternSpec) -> None:
     """Refuse what the plugin or Kubernetes would refuse later; BadVolume with one line."""
     _check_label("--name", spec.name, longest=40)  # object names add up to 23 characters
     _check_label("--namespace", spec.namespace)
-    volume = parse_volume(_volume_attributes(spec))
-    spec.url = volume.endpoint
+    parse_volume(_volume_attributes(spec))
     if not spec.mount_path.startswith("/") or ".." in spec.mount_path.split("/"):
         raise BadVolume(f"--mount-path {spec.mount_path!r} must be an absolute path without '..'")
     if not subpath(spec.checkpoint_prefix):
@@ -78,8 +85,13 @@ def _check_label(flag: str, value: str, longest: int = 63) -> None:
 
 
 def _volume_attributes(spec: PatternSpec) -> dict[str, str]:
-    return {"bucket": spec.bucket, "url": spec.url, "path": "/" + spec.data_path.strip("/"),
-            "otherOpts": spec.other_opts}
+    attrs = {"bucket": spec.bucket, "url": spec.url, "path": "/" + spec.data_path.strip("/"),
+             "otherOpts": spec.other_opts}
+    if spec.auth != "secret":
+        attrs.update({"authType": spec.auth, "roleArn": spec.role_arn})
+        if spec.auth == "rrsa":
+            attrs["oidcProviderArn"] = spec.oidc_provider_arn
+    return attrs
 
 
 def _meta(name: str, namespace: str | None = None, **labels: str) -> Doc:
@@ -92,8 +104,9 @@ def _meta(name: str, namespace: str | None = None, **labels: str) -> Doc:
 
 
 def pattern_manifests(spec: PatternSpec) -> list[Doc]:
-    """Secret, PV, PVC and Job for one training job (after check_pattern)."""
+    """Secret (or ServiceAccount), PV, PVC and Job for one training job (after check_pattern)."""
     secret_name = f"{spec.name}-oss-secret"
+    account_name = f"{spec.name}-sa"
     pv_name = f"{spec.name}-data-pv"
     pvc_name = f"{spec.name}-data"
     labels = {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/part-of": "pailfs"}
@@ -124,6 +137,15 @@ def pattern_manifests(spec: PatternSpec) -> list[Doc]:
             },
         },
     }
+    account: Doc | None = None
+    if spec.auth != "secret":
+        del pv["spec"]["csi"]["nodePublishSecretRef"]  # the pod's own token is the credential
+        # EKS's pod identity webhook injects AWS_ROLE_ARN + the token file for this annotation;
+        # ACK's ack-pod-identity-webhook the ALIBABA_CLOUD_* variables for its own
+        annotation = ({"eks.amazonaws.com/role-arn": spec.role_arn} if spec.auth == "irsa" else
+                      {"pod-identity.alibabacloud.com/role-name": spec.role_arn.rsplit("/", 1)[-1]})
+        account = {"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {**_meta(account_name, spec.namespace, **labels), "annotations": annotation}}
     pvc: Doc = {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": _meta(pvc_name, spec.namespace, **labels),
@@ -138,12 +160,16 @@ def pattern_manifests(spec: PatternSpec) -> list[Doc]:
     def secret_env(var: str, key: str) -> Doc:
         return {"name": var, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
 
+    key_env = [secret_env("OSS_ACCESS_KEY_ID", "akId"), secret_env("OSS_ACCESS_KEY_SECRET", "akSecret"),
+               # a session token, when the Secret holds one
+               {"name": "OSS_SESSION_TOKEN", "valueFrom": {"secretKeyRef": {
+                   "name": secret_name, "key": "securityToken", "optional": True}}}]
     container: Doc = {
         "name": "train",
         "image": spec.image,
         "env": [
-            secret_env("OSS_ACCESS_KEY_ID", "akId"),
-            secret_env("OSS_ACCESS_KEY_SECRET", "akSecret"),
+            *(key_env if spec.auth == "secret" else []),
+            {"name": "PAILFS_ENDPOINT", "value": spec.url},
             {"name": "URL", "value": spec.url},
             {"name": "BUCKET", "value": spec.bucket},
             {"name": "CHECKPOINT_PREFIX", "value": spec.checkpoint_prefix.strip("/")},
@@ -162,6 +188,7 @@ def pattern_manifests(spec: PatternSpec) -> list[Doc]:
                 "metadata": {"labels": dict(labels)},
                 "spec": {
                     "restartPolicy": "Never",
+                    **({"serviceAccountName": account_name} if account is not None else {}),
                     "containers": [container],
                     "volumes": [{"name": "data",
                                  "persistentVolumeClaim": {"claimName": pvc_name, "readOnly": True}}],
@@ -169,7 +196,7 @@ def pattern_manifests(spec: PatternSpec) -> list[Doc]:
             },
         },
     }
-    return [secret, pv, pvc, job]
+    return [secret if account is None else account, pv, pvc, job]
 
 
 @dataclass
@@ -218,6 +245,10 @@ def driver_manifests(spec: DriverSpec) -> list[Doc]:
             # modes), which makes kubelet ignore this policy; None keeps a kubelet
             # without that delegation from chown'ing every object of the bucket.
             "fsGroupPolicy": "None",
+            # authType irsa/rrsa PVs: kubelet passes the pod's token for these audiences, and
+            # calls NodePublishVolume again as it rotates, so the mount keeps a fresh one
+            "tokenRequests": [{"audience": "sts.amazonaws.com"}, {"audience": "sts.aliyuncs.com"}],
+            "requiresRepublish": True,
         },
     }
     account: Doc = {

@@ -29,7 +29,8 @@ import platformdirs
 
 from pailfs.errors import PailfsError
 from pailfs.procs import pid_running
-from pailfs.store.s3api import Credentials, S3Api
+from pailfs.credentials import Credentials
+from pailfs.store.s3api import S3Api
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,12 @@ class ServerState:
 class SeaweedServer:
     """One SeaweedFS all-in-one server (master, volume, filer, S3) in a data dir."""
 
-    def __init__(self, data_dir: str | Path | None = None, s3_port: int | None = None) -> None:
+    def __init__(self, data_dir: str | Path | None = None, s3_port: int | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.requested_port = s3_port
+        # more `weed server` flags (tests: -s3.domainName, https, -s3.iam.config)
+        self.extra_args = tuple(extra_args)
         self._proc: subprocess.Popen | None = None
 
     # --- files ----------------------------------------------------------
@@ -182,6 +186,7 @@ class SeaweedServer:
             "-master.volumeSizeLimitMB=1024", "-volume.max=1000", "-master.telemetry=false",
             "-filer.localSocket=" + self._socket_path("filer"),
             "-s3.localSocket=" + self._socket_path("s3"),
+            *self.extra_args,
         ]
         log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:

@@ -46,8 +46,9 @@ def resolve_options(options: Options | str | list[str] | tuple[str, ...] | None 
 def open_store(url: str, /, options: Options | str | list[str] | None = None, **overrides: Any) -> ObjectStore:
     """The async store for `s3://bucket/prefix`, `bucket:/prefix`, `bucket` or `file:///dir`.
 
-    The endpoint comes from option `url` (env PAILFS_ENDPOINT, then URL);
-    credentials from pailfs.credentials. BadOption / BadCredentials with a
+    The endpoint comes from option `url` (env PAILFS_ENDPOINT, then URL; see
+    pailfs.store.endpoint for its forms and the addressing style); credentials
+    from the chain in pailfs.credentials. BadOption / BadCredentials with a
     one-line reason when something is wrong; nothing is sent over the network.
     """
     loc = parse_url(url)
@@ -56,12 +57,13 @@ def open_store(url: str, /, options: Options | str | list[str] | None = None, **
         from pailfs.store.local import LocalStore
         return LocalStore(loc.path, opts)
     from pailfs.credentials import resolve_credentials
-    from pailfs.store.s3 import S3Store
+    from pailfs.store.s3 import S3Store, endpoint_of
     if not opts.url:
-        raise BadOption(f"no endpoint for {url}: pass -o url=http(s)://host[:port] (or --endpoint), "
-                        "or set PAILFS_ENDPOINT")
+        raise BadOption(f"no endpoint for {url}: pass -o url=host[:port] or http(s)://host[:port] "
+                        "(or --endpoint), or set PAILFS_ENDPOINT")
+    address = endpoint_of(opts)  # BadOption before anything else is read
     creds = resolve_credentials(loc.bucket, opts)
-    return S3Store(loc.bucket, loc.path, endpoint=opts.url, credentials=creds, options=opts)
+    return S3Store(loc.bucket, loc.path, endpoint=address, credentials=creds, options=opts)
 
 
 def open_sync_store(url: str, /, options: Options | str | list[str] | None = None, **overrides: Any):

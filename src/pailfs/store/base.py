@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable, Mapping, NamedTuple
 
+from pailfs.errors import NotSupported
+
 # Called with the number of bytes just transferred (for progress bars).
 ProgressFn = Callable[[int], None]
 
@@ -130,6 +132,19 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> None:
         """Server-side copy; with metadata, the copy gets that metadata instead."""
+
+    # --- upkeep ----------------------------------------------------------
+    async def abort_stale_uploads(self, older_than: float, prefix: str = "",
+                                  select: Callable[[str], bool] | None = None) -> int:
+        """Abandon uploads under `prefix` that began more than `older_than` seconds ago and
+        never completed (S3: multipart uploads whose key passes `select`; a local
+        directory: its temp files), freeing what they hold. Returns how many.
+        A store without resumable uploads has none."""
+        return 0
+
+    async def create_bucket(self) -> None:
+        """Create the bucket (directory) this store is on; StoreError if it exists."""
+        raise NotSupported(f"{self.url}: this store cannot create buckets")
 
     # --- lifecycle -------------------------------------------------------
     async def check(self) -> None:

@@ -377,7 +377,33 @@ class LocalStore(ObjectStore):
         await self._run("open", None, self._require_root)
 
     async def create_bucket(self) -> None:
-        await self._run("create bucket", None, lambda: self.root.mkdir(parents=True))
+        def create() -> None:
+            try:
+                self.root.mkdir(parents=True)
+            except FileExistsError:
+                raise StoreError(f"create bucket {self.url}: it already exists") from None
+        await self._run("create bucket", None, create)
+
+    async def abort_stale_uploads(self, older_than: float, prefix: str = "",
+                                  select: Callable[[str], bool] | None = None) -> int:
+        """Remove temp files of puts that never finished (a killed writer) older than
+        `older_than` seconds. They belong to no key yet, so `prefix`/`select` do not apply."""
+        def sweep() -> int:
+            cutoff = time.time() - older_than
+            removed = 0
+            try:
+                entries = list(os.scandir(self._tmp))
+            except FileNotFoundError:
+                return 0
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime <= cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue  # finished (renamed) meanwhile
+            return removed
+        return await self._run("abort uploads", None, sweep)
 
     async def delete_bucket(self) -> None:
         def rm() -> None:

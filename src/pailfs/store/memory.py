@@ -139,3 +139,7 @@ class MemoryStore(ObjectStore):
             self.stats.errors += 1
             raise NotFound(f"copy {self.url}/{src}: no such key")
         self._store(dst, data, info.metadata if metadata is None else metadata)  # type: ignore[union-attr]
+
+    async def create_bucket(self) -> None:
+        """A memory store is its own bucket, there from the start."""
+        raise StoreError(f"create bucket {self.url}: it already exists")

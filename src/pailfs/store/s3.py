@@ -7,13 +7,19 @@ Two clients, each for what it does best:
 * `S3Api` (httpx + SigV4) makes the calls obstore cannot: LIST with exact keys
   (obstore's Path drops a trailing '/' and rejects '.', '..', '//' and control
   characters), HEAD with user metadata, any request on a key obstore cannot
-  spell, copies that replace metadata or cross buckets, multi-delete and
-  bucket create/delete.
+  spell, copies that replace metadata or cross buckets, multi-delete,
+  multipart-upload listing/abort and bucket create/delete.
 
-Every provider error goes through `translate()` and its two tables, and comes
-out as a one-line pailfs.errors.StoreError that names the operation, the
-object and the endpoint, and never carries provider text (obstore's messages
-include debug dumps of the request).
+Both follow one configuration: the Endpoint (addressing style, signing
+region), TLS (system CAs plus `ca_file=`), the credential source (static or
+refreshing, with its session token) and store.failure's retry rule; obstore's
+own retries are off so that rule is the only one. Uploads are plain signed
+PUTs (object_store never uses aws-chunked encoding, which OSS rejects).
+
+Every provider error goes through store.failure and comes out as a one-line
+pailfs.errors.StoreError that names the operation, the object and the
+endpoint, and never carries provider text (obstore's messages include debug
+dumps of the request).
 """
 
 from __future__ import annotations
@@ -26,13 +32,10 @@ import logging
 import os
 import re
 import time
-import uuid
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import AsyncIterator, BinaryIO, Mapping, NoReturn
-from urllib.parse import urlsplit
+from typing import AsyncIterator, Awaitable, Callable, Mapping, NoReturn, TypeVar
 from xml.sax.saxutils import escape as xml_escape
 
 import httpx
@@ -41,142 +44,31 @@ import obstore.exceptions as obx
 from obstore.store import S3Store as _ObstoreS3
 
 from pailfs.config import MB, Options, parse_options
-from pailfs.errors import (AccessDenied, BadOption, NoSuchBucket, NotFound, PreconditionFailed,
-                           StoreError, StoreUnavailable)
+from pailfs.credentials import Credentials, CredentialSource, CredentialsExpired, tls_context
+from pailfs.errors import BadCredentials, PailfsError, StoreError
 from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn
+from pailfs.store.endpoint import Endpoint, parse_endpoint
+from pailfs.store.failure import REQUEST_ERRORS, Failure, failure_of, retrying, translate
+from pailfs.store.files import ProgressReader, commit_temp, discard_temp, open_temp, write_new_file
 from pailfs.store.listxml import NS as _NS, iso_date, parse_list
-from pailfs.store.s3api import Credentials, S3Api
+from pailfs.store.s3api import S3Api
 from pailfs.store.sigv4 import uri_encode
 
+__all__ = ["Credentials", "S3Store", "endpoint_of", "list_buckets"]
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LIST_PAGE = 1000
 # obstore attributes that are headers, not user metadata
 _HEADER_ATTRIBUTES = frozenset({"Content-Disposition", "Content-Encoding", "Content-Language",
                                 "Content-Type", "Cache-Control", "Storage-Class"})
 
-# --- the error tables -------------------------------------------------------
-# S3 error code (from the XML body) -> domain error; consulted first.
-ERROR_CODE_TO_EXCEPTION: dict[str, type[StoreError]] = {
-    "NoSuchKey": NotFound,
-    "NotFound": NotFound,
-    "NoSuchBucket": NoSuchBucket,
-    "AccessDenied": AccessDenied,
-    "AllAccessDisabled": AccessDenied,
-    "SignatureDoesNotMatch": AccessDenied,
-    "InvalidAccessKeyId": AccessDenied,
-    "InvalidSecurity": AccessDenied,
-    "ExpiredToken": AccessDenied,
-    "PreconditionFailed": PreconditionFailed,
-    "SlowDown": StoreUnavailable,
-    "ServiceUnavailable": StoreUnavailable,
-    "RequestTimeout": StoreUnavailable,
-}
-# HTTP status -> domain error, when the body has no (known) code (HEAD has no body).
-STATUS_TO_EXCEPTION: dict[int, type[StoreError]] = {
-    401: AccessDenied,
-    403: AccessDenied,
-    404: NotFound,
-    412: PreconditionFailed,
-    502: StoreUnavailable,
-    503: StoreUnavailable,
-    504: StoreUnavailable,
-}
-# obstore exception class -> the HTTP status it stands for
-_OBSTORE_STATUS: dict[type[BaseException], int] = {
-    FileNotFoundError: 404,
-    obx.NotFoundError: 404,
-    obx.PermissionDeniedError: 403,
-    obx.UnauthenticatedError: 401,
-    obx.PreconditionError: 412,
-}
 
-_STATUS_RE = re.compile(r"status code: (\d{3})")
-_CODE_RE = re.compile(r"<Code>([A-Za-z]+)</Code>")
-_TIMEOUT_RE = re.compile(r"kind: Timeout\b|TimedOut|operation timed out")
-
-
-@dataclass(frozen=True)
-class Failure:
-    """What went wrong, reduced to what the tables need (never provider text)."""
-
-    status: int | None = None
-    code: str | None = None
-    transport: str | None = None  # "timed out" / "connection failed"
-
-    @property
-    def exception_class(self) -> type[StoreError]:
-        if self.code in ERROR_CODE_TO_EXCEPTION:
-            return ERROR_CODE_TO_EXCEPTION[self.code]
-        if self.status in STATUS_TO_EXCEPTION:
-            return STATUS_TO_EXCEPTION[self.status]
-        if self.transport:
-            return StoreUnavailable
-        return StoreError
-
-
-def _caused_by(exc: BaseException, cls: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, cls):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def failure_of(exc: BaseException | httpx.Response) -> Failure:
-    """Classify an obstore exception, an httpx exception or an error response."""
-    if isinstance(exc, httpx.Response):
-        code = _CODE_RE.search(exc.text) if exc.content else None
-        return Failure(exc.status_code, code.group(1) if code else None)
-    if isinstance(exc, httpx.TimeoutException):
-        return Failure(transport="timed out")
-    if isinstance(exc, httpx.ConnectError) and _caused_by(exc, ConnectionRefusedError):
-        return Failure(transport="connection refused")
-    if isinstance(exc, httpx.TransportError):
-        return Failure(transport="connection failed")
-    text = str(exc)
-    status = next((s for cls, s in _OBSTORE_STATUS.items() if isinstance(exc, cls)), None)
-    found = _STATUS_RE.search(text)
-    if found:
-        status = int(found.group(1))
-    code = _CODE_RE.search(text)
-    transport = None
-    if status is None:  # read obstore's debug text for the cause; it is never shown
-        if _TIMEOUT_RE.search(text):
-            transport = "timed out"
-        elif "ConnectionRefused" in text:
-            transport = "connection refused"
-        elif "kind: Connect" in text or "error sending request" in text or "dns error" in text.lower():
-            transport = "connection failed"
-        elif "kind: Interrupted" in text or "body error" in text:  # the connection broke mid-body
-            transport = "connection broken mid-transfer"
-    return Failure(status, code.group(1) if code else None, transport)
-
-
-# Message per domain error; fields: op, where, bucket, endpoint, detail, hint.
-_MESSAGES: dict[type[StoreError], str] = {
-    NotFound: "{op} {where}: no such key",
-    NoSuchBucket: "{op} {where}: no such bucket '{bucket}' at {endpoint}",
-    AccessDenied: "{op} {where}: access denied by {endpoint} ({detail}); check the access key and secret{hint}",
-    StoreUnavailable: "{op} {where}: cannot reach {endpoint} ({detail})",
-    PreconditionFailed: "{op} {where}: the object changed during the operation",
-    StoreError: "{op} {where}: {detail} from {endpoint}",
-}
-
-
-def translate(failure: Failure, op: str, where: str, bucket: str, endpoint: str,
-              credentials: Credentials | None) -> StoreError:
-    cls = failure.exception_class
-    detail = failure.code or (f"HTTP {failure.status}" if failure.status else failure.transport or "error")
-    if credentials is None:
-        hint = " (no credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or -o passwd_file=FILE)"
-    else:
-        hint = f" (from {credentials.source})" if credentials.source else ""
-    text = _MESSAGES[cls].format(op=op, where=where, bucket=bucket, endpoint=endpoint, detail=detail, hint=hint)
-    return cls(text)
+def endpoint_of(options: Options, url: str | None = None) -> Endpoint:
+    """The Endpoint that `url` (default: option `url`) names under these options."""
+    return parse_endpoint(url or options.url, options.values.get("addressing", "auto"),
+                          options.values.get("region"))
 
 
 def obstore_can_spell(key: str) -> bool:
@@ -207,115 +99,74 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
-class _ProgressReader:
-    """A file object that reports bytes as obstore reads them (called from obstore's threads)."""
-
-    def __init__(self, f: BinaryIO, progress: ProgressFn) -> None:
-        self._f = f
-        self._progress = progress
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._f.read(size)
-        if data:
-            self._progress(len(data))
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._f.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.pailfs-{uuid.uuid4().hex[:8]}")
-
-
-def _write_new_file(path: Path, data: bytes) -> None:
-    """Write data to a temp file beside path, then rename it over path."""
-    tmp = _temp_name(path)
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _open_temp(path: Path) -> tuple[Path, int]:
-    tmp = _temp_name(path)
-    return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-
-
-def _commit_temp(fd: int, tmp: Path, path: Path) -> None:
-    os.close(fd)
-    os.replace(tmp, path)
-
-
-def _discard_temp(fd: int, tmp: Path) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass  # already closed by _commit_temp
-    tmp.unlink(missing_ok=True)
-
-
 class S3Store(ObjectStore):
     """A bucket, or a prefix of one, on an S3-compatible endpoint."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint: str,
-                 credentials: Credentials | None, options: Options | None = None) -> None:
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint: Endpoint | str,
+                 credentials: CredentialSource | None, options: Options | None = None) -> None:
         super().__init__()
         opts = options or parse_options(env={})
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
-            raise BadOption(f"bad endpoint '{endpoint}': expected http(s)://host[:port]")
+        self.address = endpoint if isinstance(endpoint, Endpoint) else endpoint_of(opts, endpoint)
         self.bucket = bucket
         self.root = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.endpoint = f"{parts.scheme}://{parts.netloc}"
+        self.endpoint = self.address.url
         self.url = f"s3://{bucket}/{self.root}"
-        self.region = opts.region
+        self.region = self.address.region
+        self.virtual_hosted = self.address.virtual_hosted
         self.part_size = opts.multipart_size * MB
         self.parallel = opts.parallel_count
         self.max_multireq = opts.max_multireq
-        self.virtual_hosted = bool(opts.virtual_hosted or not opts.use_path_request_style)
+        self.retries = opts.retries
+        self.timeout = opts.readwrite_timeout
         self._credentials = credentials
         self._bucket_known = False
-        self._obs = self._make_obstore(opts)
-        self._api = S3Api(self.endpoint, credentials, opts.region, virtual_hosted=self.virtual_hosted,
-                          connect_timeout=opts.connect_timeout, timeout=opts.readwrite_timeout,
-                          max_connections=max(64, opts.max_multireq), retries=opts.retries)
+        ca_file = opts.values.get("ca_file")
+        verify = tls_context(ca_file) if self.address.scheme == "https" else None
+        self._obs = self._make_obstore(opts, ca_file)
+        self._api = S3Api(self.address, credentials, connect_timeout=opts.connect_timeout,
+                          timeout=opts.readwrite_timeout, max_connections=max(64, opts.max_multireq),
+                          retries=opts.retries, verify=verify)
 
-    def _make_obstore(self, opts: Options) -> _ObstoreS3:
-        parts = urlsplit(self.endpoint)
+    def _make_obstore(self, opts: Options, ca_file: str | None) -> _ObstoreS3:
         # with virtual-hosted requests object_store expects the bucket in the endpoint
-        endpoint = f"{parts.scheme}://{self.bucket}.{parts.netloc}" if self.virtual_hosted else self.endpoint
+        endpoint = self.address.bucket_url(self.bucket) if self.virtual_hosted else self.address.url
         auth: dict[str, object]
         if self._credentials is None:
             auth = {"skip_signature": True}
         else:
-            auth = {"access_key_id": self._credentials.access_key,
-                    "secret_access_key": self._credentials.secret_key}
+            auth = {"credential_provider": self._obstore_credentials, "skip_signature": False}
+        client: dict[str, object] = {
+            "allow_http": self.address.scheme == "http",
+            "connect_timeout": timedelta(seconds=opts.connect_timeout),
+            "timeout": timedelta(seconds=opts.readwrite_timeout),
+            "pool_max_idle_per_host": str(max(64, opts.max_multireq)),
+        }
+        if ca_file:  # added to the system roots, as tls_context() does for S3Api
+            client["root_certificate"] = Path(ca_file).expanduser().read_bytes()
         return _ObstoreS3(
-            self.bucket, endpoint=endpoint, region=opts.region,
-            virtual_hosted_style_request=self.virtual_hosted, **auth,
-            client_options={
-                "allow_http": parts.scheme == "http",
-                "connect_timeout": timedelta(seconds=opts.connect_timeout),
-                "timeout": timedelta(seconds=opts.readwrite_timeout),
-                "pool_max_idle_per_host": str(max(64, opts.max_multireq)),
-            },
-            retry_config={
-                "max_retries": opts.retries,
-                "retry_timeout": timedelta(seconds=opts.readwrite_timeout),
-                "backoff": {"init_backoff": timedelta(milliseconds=100),
-                            "max_backoff": timedelta(seconds=5), "base": 2},
-            },
+            self.bucket, endpoint=endpoint, region=self.region,
+            virtual_hosted_style_request=self.virtual_hosted,
+            # explicit values win over obstore's reading of AWS_* variables, which S3Api
+            # would not follow (AWS_ENDPOINT_URL_S3 would send obstore elsewhere)
+            aws_endpoint_url_s3=endpoint, unsigned_payload=False, s3_express=False,
+            request_payer=False, **auth,
+            client_options=client,
+            # store.failure.retrying is the one retry loop
+            retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=opts.readwrite_timeout)},
         )
+
+    def _obstore_credentials(self) -> dict[str, object]:
+        """obstore's credential provider: the source's current credentials (no I/O while
+        they are valid: _obs_call refreshed them before the request)."""
+        creds = self._credentials.current()  # type: ignore[union-attr]
+        expires = (datetime.fromtimestamp(creds.expires_at, timezone.utc)
+                   if creds.expires_at is not None else None)
+        return {"access_key_id": creds.access_key, "secret_access_key": creds.secret_key,
+                "token": creds.token, "expires_at": expires}
+
+    async def _obs_call(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """One obstore call under the store's retry rule (errors raised untranslated)."""
+        return await retrying(call, self.retries, self.timeout, self._credentials, what)
 
     @property
     def api(self) -> S3Api:
@@ -340,7 +191,14 @@ class S3Store(ObjectStore):
         self.stats.errors += 1
         return translate(failure, op, self._where(key), self.bucket, self.endpoint, self._credentials)
 
+    def _credential_error(self, exc: BadCredentials | CredentialsExpired, op: str, key: str | None) -> PailfsError:
+        """The credential source failed (no request was sent): its message, naming the operation."""
+        self.stats.errors += 1
+        return type(exc)(f"{op} {self._where(key)}: {exc}")
+
     async def _raise(self, exc: BaseException | httpx.Response, op: str, key: str | None) -> NoReturn:
+        if isinstance(exc, (BadCredentials, CredentialsExpired)):
+            raise self._credential_error(exc, op, key) from None
         failure = failure_of(exc)
         # a bodyless 404 (HEAD) does not say whether the key or the bucket is missing
         if failure.status == 404 and failure.code is None and not self._bucket_known:
@@ -359,7 +217,9 @@ class S3Store(ObjectStore):
         try:
             resp = await self._api.request(method, self.bucket if bucket is None else bucket, key,
                                            query=query, headers=headers, body=body)
-        except httpx.HTTPError as exc:
+        except (BadCredentials, CredentialsExpired) as exc:
+            raise self._credential_error(exc, op, err_key) from None
+        except REQUEST_ERRORS as exc:
             raise self._error(failure_of(exc), op, err_key) from None
         if resp.status_code not in ok:
             if probe:
@@ -367,10 +227,6 @@ class S3Store(ObjectStore):
             raise self._error(failure_of(resp), op, err_key)
         self._bucket_known = True
         return resp
-
-    def _attributes(self, metadata: Mapping[str, str] | None) -> dict[str, str] | None:
-        meta = _check_metadata(metadata)
-        return meta or None
 
     @staticmethod
     def _meta_headers(metadata: Mapping[str, str]) -> dict[str, str]:
@@ -407,13 +263,14 @@ class S3Store(ObjectStore):
             data = b"" if resp.status_code == 416 else resp.content
             self._count("get", down=len(data))
             return data
-        try:
+        async def fetch() -> "bytes | obstore.Bytes":
             if end is not None:  # one await, not two: the read path's common case
-                data = await obstore.get_range_async(self._obs, full, start=lo, end=end)
-            else:
-                options = {"range": {"offset": lo}} if start else None
-                result = await obstore.get_async(self._obs, full, options=options)
-                data = await result.bytes_async()
+                return await obstore.get_range_async(self._obs, full, start=lo, end=end)
+            result = await obstore.get_async(self._obs, full, options={"range": {"offset": lo}} if start else None)
+            return await result.bytes_async()
+
+        try:
+            data = await self._obs_call(fetch, f"GET {full}")
         except Exception as exc:  # noqa: BLE001 - every obstore error goes through the table
             if failure_of(exc).status == 416:  # range starts at or past the end
                 self._count("get")
@@ -451,19 +308,17 @@ class S3Store(ObjectStore):
         if not obstore_can_spell(full):
             data = await self.get(key)
             info = await self.head(key)
-            await self._local(key, path, _write_new_file, path, data)
+            await self._local(key, path, write_new_file, path, data)
             if progress:
                 progress(len(data))
             return info
         part = self.part_size
         try:
-            first = await obstore.get_async(self._obs, full, options={"range": (0, part)})
-            data = await first.bytes_async()
+            first, data = await self._obs_call(lambda: self._get_body(full, {"range": (0, part)}), f"GET {full}")
         except Exception as exc:  # noqa: BLE001 - every obstore error goes through the table
             if failure_of(exc).status != 416:  # 416: an empty object
                 await self._raise(exc, "download", key)
-            first = await self._get_whole(key, full)
-            data = await first.bytes_async()
+            first, data = await self._get_whole(key, full)
         self._bucket_known = True
         self._count("get", down=len(data))
         meta = first.meta
@@ -471,11 +326,11 @@ class S3Store(ObjectStore):
         metadata = {k.lower(): v for k, v in first.attributes.items() if k not in _HEADER_ATTRIBUTES}
         info = ObjectInfo(key, size, meta["last_modified"].timestamp(), etag, metadata)
         if size <= part:
-            await self._local(key, path, _write_new_file, path, data)
+            await self._local(key, path, write_new_file, path, data)
             if progress:
                 progress(len(data))
             return info
-        tmp, fd = await self._local(key, path, _open_temp, path)
+        tmp, fd = await self._local(key, path, open_temp, path)
         try:
             await self._local(key, path, os.pwrite, fd, data, 0)
             if progress:
@@ -488,8 +343,7 @@ class S3Store(ObjectStore):
                     if etag:
                         opts["if_match"] = etag
                     try:
-                        res = await obstore.get_async(self._obs, full, options=opts)
-                        chunk = await res.bytes_async()
+                        _, chunk = await self._obs_call(lambda: self._get_body(full, opts), f"GET {full}")
                     except Exception as exc:  # noqa: BLE001
                         await self._raise(exc, "download", key)
                     await self._local(key, path, os.pwrite, fd, chunk, start)
@@ -503,9 +357,9 @@ class S3Store(ObjectStore):
                         tg.create_task(fetch(start))
             except BaseExceptionGroup as group:
                 raise group.exceptions[0] from None
-            await self._local(key, path, _commit_temp, fd, tmp, path)
+            await self._local(key, path, commit_temp, fd, tmp, path)
         except BaseException:
-            await asyncio.to_thread(_discard_temp, fd, tmp)
+            await asyncio.to_thread(discard_temp, fd, tmp)
             raise
         return info
 
@@ -517,9 +371,14 @@ class S3Store(ObjectStore):
             raise StoreError(f"download {self._where(key)}: cannot write {path}: "
                              f"{exc.strerror or type(exc).__name__}") from None
 
-    async def _get_whole(self, key: str, full: str):  # -> obstore.GetResult
+    async def _get_body(self, full: str, options: dict | None):  # noqa: ANN202 - (GetResult, Bytes)
+        """One GET with its body: a body that breaks off fails (and is retried) as a whole."""
+        result = await obstore.get_async(self._obs, full, options=options)
+        return result, await result.bytes_async()
+
+    async def _get_whole(self, key: str, full: str):  # noqa: ANN202 - (GetResult, Bytes)
         try:
-            return await obstore.get_async(self._obs, full)
+            return await self._obs_call(lambda: self._get_body(full, None), f"GET {full}")
         except Exception as exc:  # noqa: BLE001
             await self._raise(exc, "download", key)
 
@@ -532,8 +391,10 @@ class S3Store(ObjectStore):
             etag = resp.headers.get("etag")
         else:
             try:
-                result = await obstore.put_async(self._obs, full, data, attributes=meta or None,
-                                                 chunk_size=self.part_size, max_concurrency=self.parallel)
+                result = await self._obs_call(
+                    lambda: obstore.put_async(self._obs, full, data, attributes=meta or None,
+                                              chunk_size=self.part_size, max_concurrency=self.parallel),
+                    f"PUT {full}")
             except Exception as exc:  # noqa: BLE001
                 await self._raise(exc, "write", key)
             etag = result["e_tag"]
@@ -556,12 +417,18 @@ class S3Store(ObjectStore):
                 if progress:
                     progress(size)
                 return info
-            # multipart: obstore aborts the upload when a part fails, so no object appears
-            source = _ProgressReader(f, progress) if progress else f
+            # multipart: obstore aborts the upload when a part fails, so no object appears;
+            # a retry starts a new upload from the first byte
+            source = ProgressReader(f, progress)
+
+            async def upload() -> dict:
+                source.rewind()
+                return await obstore.put_async(self._obs, full, source, attributes=meta or None,
+                                               use_multipart=True, chunk_size=self.part_size,
+                                               max_concurrency=self.parallel)
+
             try:
-                result = await obstore.put_async(self._obs, full, source, attributes=meta or None,
-                                                 use_multipart=True, chunk_size=self.part_size,
-                                                 max_concurrency=self.parallel)
+                result = await self._obs_call(upload, f"PUT {full} (multipart)")
             except Exception as exc:  # noqa: BLE001
                 if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, obx.BaseError)):
                     # raised by our file object: a local read error
@@ -578,7 +445,7 @@ class S3Store(ObjectStore):
         full = self._key(key)
         if obstore_can_spell(full):
             try:
-                await obstore.delete_async(self._obs, full)
+                await self._obs_call(lambda: obstore.delete_async(self._obs, full), f"DELETE {full}")
             except FileNotFoundError:
                 pass
             except Exception as exc:  # noqa: BLE001
@@ -610,7 +477,7 @@ class S3Store(ObjectStore):
         full_src, full_dst = self._key(src), self._key(dst)
         if metadata is None and obstore_can_spell(full_src) and obstore_can_spell(full_dst):
             try:
-                await obstore.copy_async(self._obs, full_src, full_dst)
+                await self._obs_call(lambda: obstore.copy_async(self._obs, full_src, full_dst), f"COPY {full_src}")
             except Exception as exc:  # noqa: BLE001
                 await self._raise(exc, "copy", src)
             self._count("copy")
@@ -632,7 +499,9 @@ class S3Store(ObjectStore):
             headers.update(self._meta_headers(_check_metadata(metadata)))
         try:
             resp = await self._api.request("PUT", self.bucket, full_dst, headers=headers)
-        except httpx.HTTPError as exc:
+        except (BadCredentials, CredentialsExpired) as exc:
+            raise self._credential_error(exc, "copy", src) from None
+        except REQUEST_ERRORS as exc:
             raise self._error(failure_of(exc), "copy", src) from None
         # a copy may fail after "200 OK" with an <Error> body
         if resp.status_code != 200 or b"<Error>" in resp.content[:512]:
@@ -652,6 +521,37 @@ class S3Store(ObjectStore):
             code = failure_of(resp).code or "BucketAlreadyExists"
             raise StoreError(f"create bucket s3://{self.bucket}: it already exists ({code})")
 
+    async def abort_stale_uploads(self, older_than: float, prefix: str = "",
+                                  select: Callable[[str], bool] | None = None) -> int:
+        """Abort the multipart uploads under `prefix` begun more than `older_than` seconds
+        ago (and whose key passes `select`); their parts are freed. Returns how many."""
+        root = self._full(prefix)
+        cutoff = time.time() - older_than
+        query = {"uploads": "", "prefix": root}
+        aborted = 0
+        while True:
+            resp = await self._api_call("GET", "", "list uploads under", prefix, query=query)
+            tree = ET.fromstring(resp.content)
+            for up in tree.iter():
+                if up.tag.rsplit("}", 1)[-1] != "Upload":
+                    continue
+                fields = {child.tag.rsplit("}", 1)[-1]: (child.text or "") for child in up}
+                key, upload_id = fields.get("Key", ""), fields.get("UploadId", "")
+                rel = key[len(self.root):]
+                if not key.startswith(root) or not upload_id or (select is not None and not select(rel)):
+                    continue
+                initiated = iso_date(fields.get("Initiated"))
+                if not initiated or initiated > cutoff:
+                    continue
+                await self._api_call("DELETE", key, "abort upload of", rel, query={"uploadId": upload_id},
+                                     ok=(200, 204, 404))
+                log.info("aborted a stale multipart upload of %s", self._where(rel))
+                aborted += 1
+            if (_find_text(tree, "IsTruncated") or "").lower() != "true":
+                return aborted
+            query = {"uploads": "", "prefix": root, "key-marker": _find_text(tree, "NextKeyMarker") or "",
+                     "upload-id-marker": _find_text(tree, "NextUploadIdMarker") or ""}
+
     async def delete_bucket(self) -> None:
         resp = await self._api_call("DELETE", "", "delete bucket", None, ok=(200, 204, 409), probe=False)
         if resp.status_code == 409:
@@ -662,16 +562,25 @@ class S3Store(ObjectStore):
         await self._api.aclose()
 
 
-async def list_buckets(endpoint: str, credentials: Credentials | None,
+def _find_text(tree: ET.Element, name: str) -> str | None:
+    for el in tree:
+        if el.tag.rsplit("}", 1)[-1] == name:
+            return el.text
+    return None
+
+
+async def list_buckets(endpoint: str, credentials: CredentialSource | None,
                        options: Options | None = None) -> list[tuple[str, float]]:
     """(name, creation time) of every bucket the credentials can see."""
     opts = options or parse_options(env={})
-    api = S3Api(endpoint, credentials, opts.region, connect_timeout=opts.connect_timeout,
-                timeout=opts.readwrite_timeout, retries=opts.retries)
+    address = endpoint_of(opts, endpoint)
+    endpoint = address.url
+    api = S3Api(address, credentials, connect_timeout=opts.connect_timeout, timeout=opts.readwrite_timeout,
+                retries=opts.retries, ca_file=opts.values.get("ca_file"))
     try:
         try:
             resp = await api.request("GET")
-        except httpx.HTTPError as exc:
+        except REQUEST_ERRORS as exc:
             raise translate(failure_of(exc), "list buckets", "s3://", "", endpoint, credentials) from None
         if resp.status_code != 200:
             raise translate(failure_of(resp), "list buckets", "s3://", "", endpoint, credentials)

@@ -16,11 +16,10 @@ its loop.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Coroutine, Mapping, TypeVar
 
+from pailfs.aio import LoopThread
 from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn
 
 T = TypeVar("T")
@@ -30,21 +29,19 @@ class SyncStore:
     """Blocking facade over an ObjectStore (see the module docstring)."""
 
     def __init__(self, factory: Callable[[], Awaitable[ObjectStore]]) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="pailfs-store", daemon=True)
-        self._thread.start()
+        self._loop = LoopThread("pailfs-store")
         try:
             # built on its own loop: httpx clients bind to the loop that first uses them
             self.store: ObjectStore = self._run(factory())
         except BaseException:
-            self._stop_loop()
+            self._loop.stop()
             raise
         self.url = self.store.url
 
     def _run(self, coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
-        if self._loop.is_closed():
+        if self._loop.closed:
             raise RuntimeError("this SyncStore is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+        return self._loop.run(coro)
 
     @property
     def stats(self):  # noqa: ANN201 - StoreStats
@@ -82,17 +79,12 @@ class SyncStore:
         self._run(self.store.check())
 
     def close(self) -> None:
-        if self._loop.is_closed():
+        if self._loop.closed:
             return
         try:
             self._run(self.store.close())
         finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+            self._loop.stop()
 
     def __enter__(self) -> "SyncStore":
         return self
