@@ -3,9 +3,9 @@
 Publishing starts `pailfs mount -f` as a child in its own session and waits for
 it to report the mount ready (or why it failed) on a pipe. Everything the plugin
 is given is checked before anything touches the node (pailfs.csi.plan and
-pailfs.csi.attributes): attributes, otherOpts and mountOptions become structured values, and the mount's
-`-o` arguments are built from them, one option per argument — no attribute text
-is pasted into an option string. Options naming node files are refused.
+pailfs.csi.attributes): attributes, otherOpts and mountOptions become structured
+values, and the mount's `-o` arguments are built from them, one option per
+argument — no attribute text is pasted into an option string. Options naming node files are refused.
 
 Credentials: the secrets `akId`/`akSecret` (and `securityToken`, a session token)
 go to a passwd file (0600 in a 0700 directory) that the mount reads through
