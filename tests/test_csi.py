@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -20,71 +21,14 @@ import pytest
 import pailfs
 from pailfs import config
 from pailfs.csi import DRIVER_NAME, csi_pb2, csi_pb2_grpc
-from pailfs.csi.node import NodeService, plan_mount
+from pailfs.csi.node import CsiError, NodeService, plan_mount
 from pailfs.csi.server import build_server
 
-Mode = csi_pb2.VolumeCapability.AccessMode
-SECRETS = {"akId": "AKIDcsiTest0001", "akSecret": "csi-Test-Secret-Value-9f8e7d"}
+from csiplugin import SECRETS, Mode, Plugin, publish_request
+
 LOCAL_PATH_OPTIONS = [o.name for o in config.OPTIONS if o.local_path]
 
-
-def publish_request(volume_id: str = "vol-1", target: str | Path = "/nonexistent/target", *,
-                    mode: int = Mode.MULTI_NODE_READER_ONLY, readonly: bool = False,
-                    context: dict[str, str] | None = None, secrets: dict[str, str] | None = None,
-                    flags: tuple[str, ...] = (), block: bool = False) -> csi_pb2.NodePublishVolumeRequest:
-    req = csi_pb2.NodePublishVolumeRequest(
-        volume_id=volume_id, target_path=str(target), readonly=readonly,
-        volume_context=context if context is not None else {"bucket": "data-bucket", "url": "http://127.0.0.1:1"},
-        secrets=secrets if secrets is not None else SECRETS)
-    if block:
-        req.volume_capability.block.SetInParent()
-    else:
-        req.volume_capability.mount.mount_flags.extend(flags)
-    req.volume_capability.access_mode.mode = mode
-    return req
-
-
-class Plugin:
-    """`pailfs csi` in a subprocess, as the DaemonSet runs it."""
-
-    def __init__(self, workdir: Path, node_id: str = "node-1"):
-        self.workdir = workdir
-        self.socket = workdir / "csi.sock"
-        self.state_dir = workdir / "state"
-        self.log = workdir / "plugin.log"
-        self.node_id = node_id
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"unix://{self.socket}"
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pailfs", "csi", "--endpoint", self.endpoint, "--node-id", self.node_id,
-                 "--state-dir", str(self.state_dir), "--verbose"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with grpc.insecure_channel(self.endpoint) as ch:
-                    csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=2)
-                return
-            except grpc.RpcError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"pailfs csi did not come up:\n{self.log.read_text()}") from None
-                time.sleep(0.1)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+pytestmark = pytest.mark.mount  # real publishes mount (root); the plugin runs as a subprocess
 
 
 @pytest.fixture
@@ -148,11 +92,25 @@ def test_node_get_info(stubs):
     assert node.NodeGetInfo(csi_pb2.NodeGetInfoRequest()).node_id == "node-1"
 
 
-def test_node_capabilities_have_no_staging(stubs):
+def test_node_capabilities_have_no_staging_and_take_the_fs_group(stubs):
     _, node = stubs
     caps = node.NodeGetCapabilities(csi_pb2.NodeGetCapabilitiesRequest()).capabilities
     types = {c.rpc.type for c in caps}
     assert csi_pb2.NodeServiceCapability.RPC.STAGE_UNSTAGE_VOLUME not in types
+    assert csi_pb2.NodeServiceCapability.RPC.VOLUME_MOUNT_GROUP in types
+
+
+def test_probe_fails_when_the_state_directory_cannot_be_written(stubs, plugin):
+    identity, _ = stubs
+    assert identity.Probe(csi_pb2.ProbeRequest()).ready.value is True
+    shutil.rmtree(plugin.state_dir, ignore_errors=True)
+    plugin.state_dir.write_text("not a directory")
+    try:
+        err = error_of(identity.Probe, csi_pb2.ProbeRequest())
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "state directory" in err.details()
+    finally:
+        plugin.state_dir.unlink()
+    assert identity.Probe(csi_pb2.ProbeRequest()).ready.value is True
 
 
 def test_unsupported_node_calls_are_unimplemented(stubs):
@@ -328,23 +286,35 @@ def test_plan_sets_url_and_allow_other_and_keeps_subpath():
 # ---- concurrency and failing mounts, with a stand-in mount program -----------------
 
 FAKE_MOUNT = r"""
-import sys, time
-opts = sys.argv[sys.argv.index("-o") + 1]
-passwd = [t.split("=", 1)[1] for t in opts.split(",") if t.startswith("passwd_file=")][0]
-action = sys.argv[1]
-if action == "leak":
-    print("cannot log in with", open(passwd).read().strip(), file=sys.stderr)
+import json, os, sys, time
+action, args = sys.argv[1], sys.argv[2:]
+ready = int(args[args.index("--ready-fd") + 1])
+opts = [args[i + 1] for i, a in enumerate(args) if a == "-o"]
+passwd = [o.split("=", 1)[1] for o in opts if o.startswith("passwd_file=")][0]
+if action == "record":
+    with open(os.environ["FAKE_RECORD"], "w") as f:
+        json.dump(args, f)
+    os.write(ready, b"error: recorded")
     sys.exit(1)
+if action == "leak":
+    os.write(ready, ("error: cannot log in with " + open(passwd).read().strip()).encode())
+    sys.exit(1)
+if action == "silent":
+    sys.exit(3)
 time.sleep(float(action))
+os.write(ready, b"ok")
 """
 
 
 @pytest.fixture
-def fake_node(workdir):
-    """An in-process server whose `pailfs mount` is a stand-in: `leak` prints the
-    credentials it was given and fails; a number sleeps that long."""
+def fake_node(workdir, monkeypatch):
+    """An in-process server whose `pailfs mount` is a stand-in: `leak` reports the
+    credentials it was given and fails; `record` saves its argv to FAKE_RECORD and
+    fails; `silent` exits 3 without a word; a number sleeps that long, then claims
+    success (without mounting)."""
     script = workdir / "fake_mount.py"
     script.write_text(FAKE_MOUNT)
+    monkeypatch.setenv("FAKE_RECORD", str(workdir / "argv.json"))
 
     def start(action: str, timeout: float = 30):
         node = NodeService("node-1", state_dir=workdir / "state", mount_timeout=timeout,
@@ -352,51 +322,95 @@ def fake_node(workdir):
         server = build_server(f"unix://{workdir}/fake.sock", node)
         server.start()
         channel = grpc.insecure_channel(f"unix://{workdir}/fake.sock")
-        opened.append((server, channel))
+        opened.append((server, channel, node))
         return csi_pb2_grpc.NodeStub(channel), node
 
     opened: list = []
     yield start
-    for server, channel in opened:
+    for server, channel, node in opened:
         channel.close()
         server.stop(0)
+        node.close()
 
 
-def test_concurrent_call_for_the_same_volume_is_aborted(fake_node, tmp_path):
-    node, _ = fake_node("2")
-    results: list = []
+def publications_left(state_dir: Path) -> list[Path]:
+    """Credential files and publication records in the plugin's state directory
+    (the `control` directory of the mounts' handover sockets stays)."""
+    return [p for p in state_dir.iterdir() if p.name != "control"] if state_dir.exists() else []
 
-    def first():
+
+def _cmdline(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def fake_mounts_running(target: Path | None = None) -> list[str]:
+    return [c for c in (_cmdline(p) for p in Path("/proc").iterdir() if p.name.isdigit())
+            if "fake_mount.py" in c and (target is None or f" {target} " in c)]
+
+
+def wait_for(condition, timeout: float = 10, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+    return result
+
+
+def _publish_in_thread(node, req, results: list) -> threading.Thread:
+    def run():
         try:
-            node.NodePublishVolume(publish_request("vol-busy", tmp_path / "a"), timeout=30)
+            node.NodePublishVolume(req, timeout=30)
             results.append("ok")
         except grpc.RpcError as exc:
             results.append(exc.code())
 
-    thread = threading.Thread(target=first)
+    thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(0.7)
-    err = error_of(node.NodePublishVolume, publish_request("vol-busy", tmp_path / "b"))
+    return thread
+
+
+def test_a_busy_target_is_aborted_but_other_targets_of_the_volume_proceed(fake_node, tmp_path):
+    """The lock is per target: pods starting on one volume publish in parallel."""
+    node, _ = fake_node("2")
+    results: list = []
+    first = _publish_in_thread(node, publish_request("vol-busy", tmp_path / "a"), results)
+    wait_for(lambda: fake_mounts_running(tmp_path / "a"), what="the first mount to start")
+    err = error_of(node.NodePublishVolume, publish_request("vol-busy", tmp_path / "a"))
     assert err.code() == grpc.StatusCode.ABORTED
     err = error_of(node.NodeUnpublishVolume, csi_pb2.NodeUnpublishVolumeRequest(
         volume_id="vol-busy", target_path=str(tmp_path / "a")))
     assert err.code() == grpc.StatusCode.ABORTED
-    # another volume is not held up
-    node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id="vol-other",
-                                                                target_path=str(tmp_path / "c")))
-    thread.join()
-    # the stand-in exits 0 without mounting: the plugin notices
-    assert results == [grpc.StatusCode.INTERNAL]
+    # the same volume at another target runs at the same time
+    second = _publish_in_thread(node, publish_request("vol-busy", tmp_path / "b"), results)
+    wait_for(lambda: fake_mounts_running(tmp_path / "b"), what="the second mount to start")
+    assert fake_mounts_running(tmp_path / "a"), "the publishes did not overlap"
+    first.join()
+    second.join()
+    # the stand-in claims success without mounting: the plugin notices, for both
+    assert results == [grpc.StatusCode.INTERNAL, grpc.StatusCode.INTERNAL]
 
 
 def test_failed_mount_message_hides_secrets_and_cleans_up(fake_node, tmp_path, workdir):
     node, _ = fake_node("leak")
     err = error_of(node.NodePublishVolume, publish_request("vol-leak", tmp_path / "t"))
     assert err.code() == grpc.StatusCode.INTERNAL
-    assert "cannot log in with" in err.details()
+    assert "cannot log in with ***:***" in err.details()
     for value in SECRETS.values():
         assert value not in err.details()
-    assert not any((workdir / "state").iterdir()), "credential directory left behind"
+    assert not publications_left(workdir / "state"), "credential directory left behind"
+    assert not (tmp_path / "t").exists(), "the target publish created was left behind"
+
+
+def test_mount_that_exits_silently_is_reported(fake_node, tmp_path):
+    node, _ = fake_node("silent")
+    (tmp_path / "t").mkdir()
+    err = error_of(node.NodePublishVolume, publish_request("vol-silent", tmp_path / "t"))
+    assert err.code() == grpc.StatusCode.INTERNAL and "status 3" in err.details()
+    assert (tmp_path / "t").is_dir(), "publish removed a target it had not created"
 
 
 def test_mount_that_hangs_is_killed_and_reported(fake_node, tmp_path, workdir):
@@ -405,48 +419,92 @@ def test_mount_that_hangs_is_killed_and_reported(fake_node, tmp_path, workdir):
     err = error_of(node.NodePublishVolume, publish_request("vol-slow", tmp_path / "t"))
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 15
-    assert not any((workdir / "state").iterdir())
-    stray = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).count("fake_mount.py")]
-    assert not stray, "the hung mount process was not killed"
+    assert not publications_left(workdir / "state")
+    assert not fake_mounts_running(), "the hung mount process was not killed"
 
 
 def test_credentials_file_is_private_and_not_in_argv(fake_node, tmp_path, workdir):
     node, _ = fake_node("3")
-    thread = threading.Thread(target=lambda: _swallow(node.NodePublishVolume, publish_request("vol-p", tmp_path / "t")))
-    thread.start()
+    results: list = []
+    thread = _publish_in_thread(node, publish_request("vol-p", tmp_path / "t"), results)
     try:
-        def mount_running() -> bool:
-            return any("fake_mount.py" in _cmdline(p) for p in Path("/proc").iterdir() if p.name.isdigit())
-
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not mount_running():
-            time.sleep(0.05)
+        (mount_argv,) = wait_for(fake_mounts_running, what="the mount to start")
         (passwd,) = (workdir / "state").glob("*/passwd")
         assert passwd.stat().st_mode & 0o777 == 0o600
         assert passwd.parent.stat().st_mode & 0o777 == 0o700
         assert (workdir / "state").stat().st_mode & 0o777 == 0o700
         assert passwd.read_text() == f"{SECRETS['akId']}:{SECRETS['akSecret']}\n"
+        assert f" -o passwd_file={passwd} " in mount_argv + " "
         cmdlines = [_cmdline(p) for p in Path("/proc").iterdir() if p.name.isdigit()]
-        mount_argv = [c for c in cmdlines if "fake_mount.py" in c]
-        assert mount_argv and f"passwd_file={passwd}" in mount_argv[0]
         for value in SECRETS.values():
             assert not any(value in c for c in cmdlines)
     finally:
         thread.join()
 
 
-def _swallow(call, request):
-    try:
-        call(request, timeout=30)
-    except grpc.RpcError:
-        pass
+def test_mount_options_are_one_argument_each(fake_node, tmp_path, workdir):
+    node, _ = fake_node("record")
+    ctx = {"bucket": "bk1", "url": "10.0.0.5:8333", "path": "/a/b",
+           "otherOpts": "-o max_stat_cache_size=0 -o umask=022,kernel_cache"}
+    error_of(node.NodePublishVolume, publish_request("vol-r", tmp_path / "t", context=ctx, flags=("nonempty",)))
+    args = json.loads((workdir / "argv.json").read_text())
+    assert args[:3] == ["bk1:/a/b", str(tmp_path / "t"), "-f"]
+    opts = [args[i + 1] for i, a in enumerate(args) if a == "-o"]
+    assert opts[0] == "allow_other" and opts[-2] == "ro"
+    assert {"max_stat_cache_size=0", "umask=022", "kernel_cache", "nonempty", "url=https://10.0.0.5:8333"} <= set(opts)
+    assert not any("," in o for o in opts)
 
 
-def _cmdline(proc_dir: Path) -> str:
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1,use_cache=/some/dir", "http://127.0.0.1:1,logfile=/etc/x",
+                                 "http://127.0.0.1:1 -o debug", "http://127.0.0.1:1/path?x=1",
+                                 "file:///etc", "http://user:s3cret@127.0.0.1:1"])
+def test_url_that_is_not_an_endpoint_is_invalid_before_anything_runs(fake_node, tmp_path, workdir, url):
+    """#14 item 8: url text used to be pasted into the -o string (options smuggled in)."""
+    node, _ = fake_node("record")
+    ctx = {"bucket": "bk1", "url": url}
+    err = error_of(node.NodePublishVolume, publish_request("vol-u", tmp_path / "t", context=ctx))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "url" in err.details()
+    assert "s3cret" not in err.details()
+    assert not (workdir / "argv.json").exists(), "a mount was started"
+    assert not (tmp_path / "t").exists()
+
+
+# ---- unpublish removes only what publish created (#14 item 5) ----------------------
+
+def test_unpublish_leaves_a_regular_file_target(stubs, tmp_path):
+    target = tmp_path / "t"
+    target.write_bytes(b"someone's data\n")
+    _, node = stubs
+    node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id="vol-1", target_path=str(target)))
+    assert target.read_bytes() == b"someone's data\n"
+
+
+def test_unpublish_leaves_a_directory_with_data(stubs, tmp_path):
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    _, node = stubs
+    node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id="vol-1", target_path=str(target)))
+    assert (target / "keep.txt").read_text() == "mine"
+
+
+def test_unpublish_leaves_a_mount_pailfs_did_not_make(stubs, tmp_path):
+    target = tmp_path / "t"
+    target.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "pcsi-test", str(target)], check=True)
     try:
-        return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+        (target / "inside").write_text("tmpfs data")
+        _, node = stubs
+        err = error_of(node.NodeUnpublishVolume,
+                       csi_pb2.NodeUnpublishVolumeRequest(volume_id="vol-1", target_path=str(target)))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "tmpfs" in err.details()
+        assert str(target) in proc_mounts()
+        assert (target / "inside").read_text() == "tmpfs data"
+        # and a publish there is refused as well
+        err = error_of(node.NodePublishVolume, publish_request("vol-1", target))
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
 
 
 # ---- real publishes: `pailfs mount` on SeaweedFS through the plugin -------------------
@@ -562,7 +620,7 @@ def test_publish_reader_only_mounts_the_data_set_read_only(stubs, plugin, volume
     unpublish(node, target)
     assert str(target) not in proc_mounts()
     assert not target.exists()
-    assert not any(plugin.state_dir.iterdir()), "credentials left on the node after unpublish"
+    assert not publications_left(plugin.state_dir), "credentials left on the node after unpublish"
 
 
 def test_rw_in_other_opts_cannot_defeat_a_reader_only_mode(stubs, volume, targets):
@@ -686,4 +744,402 @@ def test_publish_with_wrong_credentials_fails_cleanly(stubs, volume, targets, pl
     assert err.code() == grpc.StatusCode.INTERNAL
     assert bad["akSecret"] not in err.details() and bad["akSecret"] not in plugin.log.read_text()
     assert str(target) not in proc_mounts()
-    assert not any(plugin.state_dir.iterdir())
+    assert not publications_left(plugin.state_dir)
+
+
+def publish_error(node, volume, target, volume_id="pv-data", **kw) -> grpc.RpcError:
+    context, secrets = volume
+    req = publish_request(volume_id, target, context=dict(context, **kw.pop("context", {})), secrets=secrets, **kw)
+    return error_of(node.NodePublishVolume, req)
+
+
+# ---- a busy target (#14 item 9) ---------------------------------------------------------
+
+def test_publish_at_a_busy_target_with_other_settings_is_already_exists(stubs, volume, targets):
+    _, node = stubs
+    target = targets("pod-busy")
+    rw = dict(mode=Mode.SINGLE_NODE_WRITER, context={"otherOpts": "max_stat_cache_size=0"})
+    publish(node, volume, target, volume_id="pv-rw", **rw)
+    attempts = [
+        ("pv-other", dict(readonly=True)),                         # another volume, read-only
+        ("pv-other", dict(rw)),                                    # another volume, same settings
+        ("pv-rw", dict(rw, readonly=True)),                        # the same volume, read-only now
+        ("pv-rw", dict(mode=Mode.MULTI_NODE_READER_ONLY)),         # the same volume, a reader mode
+    ]
+    for volume_id, kw in attempts:
+        err = publish_error(node, volume, target, volume_id=volume_id, **kw)
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS, (volume_id, kw)
+    # the first publication is untouched: still the same writable mount
+    assert proc_mounts().count(str(target)) == 1
+    (target / "still-writable.txt").write_bytes(b"yes\n")
+    publish(node, volume, target, volume_id="pv-rw", **rw)  # the same publication again: OK
+    err = error_of(node.NodeUnpublishVolume,
+                   csi_pb2.NodeUnpublishVolumeRequest(volume_id="pv-other", target_path=str(target)))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and str(target) in proc_mounts()
+    unpublish(node, target, volume_id="pv-rw")
+    assert str(target) not in proc_mounts()
+
+
+# ---- ACK's OSS PVs ------------------------------------------------------------------------
+
+ACK_SEED = """
+apiVersion: v1
+kind: Secret
+metadata:
+  name: oss-secret
+  namespace: default
+stringData:
+  akId: <yourAccessKeyID>
+  akSecret: <yourAccessKeySecret>
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: pv-oss
+  labels:
+    alicloud-pvname: pv-oss
+spec:
+  capacity:
+    storage: 5Gi
+  accessModes:
+    - ReadWriteMany
+  persistentVolumeReclaimPolicy: Retain
+  csi:
+    driver: ossplugin.csi.alibabacloud.com
+    volumeHandle: pv-oss
+    nodePublishSecretRef:
+      name: oss-secret
+      namespace: default
+    volumeAttributes:
+      bucket: "oss"
+      url: "oss-cn-hangzhou.aliyuncs.com"
+      otherOpts: "-o max_stat_cache_size=0 -o allow_other"
+      path: "/"
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: pvc-oss
+spec:
+  accessModes:
+    - ReadWriteMany
+  resources:
+    requests:
+      storage: 5Gi
+  selector:
+    matchLabels:
+      alicloud-pvname: pv-oss
+"""
+
+K8S_TO_CSI_MODE = {"ReadWriteOnce": Mode.SINGLE_NODE_WRITER, "ReadOnlyMany": Mode.MULTI_NODE_READER_ONLY,
+                   "ReadWriteMany": Mode.MULTI_NODE_MULTI_WRITER}
+
+
+def kubelet_request(pv: dict, secret: dict, target: Path, pod: str = "train-0") -> csi_pb2.NodePublishVolumeRequest:
+    """NodePublishVolume as kubelet builds it for a pod using this PV (podInfoOnMount on)."""
+    csi = pv["spec"]["csi"]
+    context = dict(csi["volumeAttributes"])
+    context.update({"csi.storage.k8s.io/pod.name": pod, "csi.storage.k8s.io/pod.namespace": "default",
+                    "csi.storage.k8s.io/ephemeral": "false"})
+    req = csi_pb2.NodePublishVolumeRequest(volume_id=csi["volumeHandle"], target_path=str(target),
+                                           readonly=csi.get("readOnly", False), volume_context=context,
+                                           secrets=secret["stringData"])
+    req.volume_capability.mount.fs_type = csi.get("fsType", "")
+    req.volume_capability.mount.mount_flags.extend(pv["spec"].get("mountOptions", []))
+    req.volume_capability.access_mode.mode = K8S_TO_CSI_MODE[pv["spec"]["accessModes"][0]]
+    return req
+
+
+def test_ack_seed_pv_with_the_driver_renamed_publishes(stubs, plugin, targets, bucket, s3_env, s3_credentials,
+                                                       seaweed):
+    import kubernetes_validate
+    import yaml
+    from mounts import get_object, put_objects
+
+    text = ACK_SEED.replace("ossplugin.csi.alibabacloud.com", DRIVER_NAME)  # the one change
+    secret, pv, pvc = yaml.safe_load_all(text)
+    for doc in (secret, pv, pvc):
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+    # The site's own values: this test's server (plain http: without a scheme an endpoint
+    # is https, which test_vhost.py publishes an ACK PV over), bucket and key.
+    port = seaweed.state().s3_port
+    pv["spec"]["csi"]["volumeAttributes"].update(bucket=bucket, url=f"http://127.0.0.1:{port}")
+    secret["stringData"] = {"akId": s3_credentials.access_key, "akSecret": s3_credentials.secret_key}
+    put_objects(f"s3://{bucket}", {"data/a.txt": b"ack data\n"})
+
+    _, node = stubs
+    target = targets("pod-ack")
+    node.NodePublishVolume(kubelet_request(pv, secret, target), timeout=90)
+    assert (target / "data" / "a.txt").read_bytes() == b"ack data\n"
+    (target / "data" / "b.txt").write_bytes(b"written through the ACK PV\n")  # ReadWriteMany: rw
+    unpublish(node, target, volume_id="pv-oss")
+    assert get_object(f"s3://{bucket}", "data/b.txt") == b"written through the ACK PV\n"
+    assert s3_credentials.secret_key not in plugin.log.read_text()
+
+
+def _ack_plan(context: dict[str, str], mode=Mode.MULTI_NODE_MULTI_WRITER, flags=()):
+    base = {"bucket": "oss-bucket", "url": "oss-cn-hangzhou.aliyuncs.com"}
+    return plan_mount(publish_request("v", "/t", mode=mode, context={**base, **context}, flags=flags))
+
+
+@pytest.mark.parametrize("context, token", [
+    ({"otherOpts": "-o max_stat_cache_size=0 -o allow_other"}, "max_stat_cache_size=0"),
+    ({"otherOpts": "-omax_stat_cache_size=0,umask=022"}, "umask=022"),
+    ({"otheropts": "max_stat_cache_size=0, umask=022"}, "umask=022"),
+    ({"OtherOpts": "-o uid=1000 -o gid=1000"}, "gid=1000"),
+    ({"Region": "cn-hangzhou"}, "region=cn-hangzhou"),
+    ({"fuseType": "ossfs2"}, "url=https://oss-cn-hangzhou.aliyuncs.com"),
+    ({"fuseType": "OSSFS"}, "url=https://oss-cn-hangzhou.aliyuncs.com"),
+    ({"url": "oss-cn-hangzhou-internal.aliyuncs.com"}, "url=https://oss-cn-hangzhou-internal.aliyuncs.com"),
+    ({"url": "http://10.0.0.5:8333"}, "url=http://10.0.0.5:8333"),
+    ({"url": "HTTPS://oss-cn-hangzhou.aliyuncs.com/"}, "url=https://oss-cn-hangzhou.aliyuncs.com"),
+    ({"sigVersion": "v4"}, "url=https://oss-cn-hangzhou.aliyuncs.com"),
+])
+def test_ack_attributes_are_understood(context, token):
+    assert token in _ack_plan(context).tokens
+
+
+@pytest.mark.parametrize("context, warning", [
+    ({"useSharedPath": "true"}, "useSharedPath"),
+    ({"volumeAs": "sharepath"}, "volumeAs"),
+    ({"sigVersion": "v1"}, "SigV4"),
+    ({"otherOpts": "-o dbglevel=info -o allow_other"}, "dbglevel"),
+])
+def test_ack_attributes_without_meaning_for_pailfs_are_ignored_with_a_warning(context, warning):
+    assert any(warning in w for w in _ack_plan(context).warnings)
+
+
+def test_ack_readonly_attribute_forces_ro():
+    plan = _ack_plan({"readOnly": "true", "otherOpts": "-o rw"})
+    assert plan.read_only and plan.tokens[-1] == "ro" and "rw" not in plan.tokens
+
+
+@pytest.mark.parametrize("context, words", [
+    ({"authType": "sts"}, "authType"),
+    ({"otherOpts": "-o ram_role=auto"}, "ram_role"),
+    ({"otherOpts": "credential_process=/bin/sh"}, "credential_process"),
+    ({"authType": "rrsa", "roleName": "r"}, "not supported"),
+    ({"akId": "LTAIabc", "akSecret": "sk"}, "secret"),
+    ({"encrypted": "kms"}, "encryption"),
+    ({"fuseType": "jindofs"}, "fuseType"),
+    ({"sigVersion": "v9"}, "sigVersion"),
+    ({"readOnly": "maybe"}, "readOnly"),
+    ({"otherOpts": "-o allow_other umask=022"}, "-o"),
+    ({"otherOpts": "-o allow_other -o"}, "-o"),
+    ({"otherOpts": "-o use_cache=/var/lib"}, "use_cache"),
+    ({"otherOpts": "-o debug"}, "debug"),
+    ({"bucket": "Oss_Bucket"}, "bucket"),
+    ({"url": "oss-bucket.oss-cn-hangzhou.aliyuncs.com"}, "bucket"),
+    ({"URL": "oss-cn-beijing.aliyuncs.com"}, "same attribute"),
+    ({"Region": "cn hangzhou"}, "region"),
+])
+def test_bad_ack_attributes_are_invalid(context, words):
+    with pytest.raises(CsiError) as info:
+        _ack_plan(context)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in info.value.message
+    assert "LTAIabc" not in info.value.message
+
+
+def test_ack_warnings_reach_the_plugin_log(fake_node, tmp_path, workdir, caplog):
+    node, _ = fake_node("record")
+    ctx = {"bucket": "bk1", "url": "10.0.0.5:8333", "useSharedPath": "true"}
+    error_of(node.NodePublishVolume, publish_request("vol-w", tmp_path / "t", context=ctx))
+    assert any("vol-w" in r.getMessage() and "useSharedPath" in r.getMessage() for r in caplog.records)
+
+
+# ---- fsGroup (VOLUME_MOUNT_GROUP) ------------------------------------------------------------
+
+NOBODY = 65534
+FS_GROUP = 4242
+
+
+@pytest.fixture
+def public_targets(workdir):
+    """Targets a non-root user may reach (tmp_path is private to root)."""
+    base = workdir / "kubelet"
+    base.mkdir(mode=0o755)
+    os.chmod(workdir, 0o755)
+
+    def new(pod: str) -> Path:
+        made = base / pod / "mount"
+        made.parent.mkdir(mode=0o755)
+        os.chmod(made.parent, 0o755)
+        targets_cleanup.append(made)
+        return made
+
+    targets_cleanup: list[Path] = []
+    yield new
+    from pailfs.csi import mounts as csi_mounts
+
+    for path in targets_cleanup:
+        while csi_mounts.is_mount_point(str(path)):
+            csi_mounts.unmount(str(path), lazy=True)
+
+
+def as_pod_user(*argv: str, groups: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), user=NOBODY, group=NOBODY, extra_groups=list(groups),
+                          capture_output=True, timeout=60)
+
+
+def publish_with_group(node, volume, target, group: int | None, **kw):
+    context, secrets = volume
+    req = publish_request("pv-group", target, context=dict(context, otherOpts="kernel_cache"), secrets=secrets, **kw)
+    if group is not None:
+        req.volume_capability.mount.volume_mount_group = str(group)
+    node.NodePublishVolume(req, timeout=90)
+
+
+def test_fs_group_lets_a_non_root_reader_in(stubs, volume, public_targets):
+    _, node = stubs
+    with_group, without = public_targets("pod-fsgroup"), public_targets("pod-nogroup")
+    publish_with_group(node, volume, with_group, FS_GROUP)
+    publish_with_group(node, volume, without, None)
+    notes = "sub/notes.txt"
+    reader = as_pod_user("cat", str(with_group / notes), groups=(FS_GROUP,))
+    assert reader.returncode == 0, reader.stderr
+    assert reader.stdout == b"hello from the bucket\n"
+    listing = as_pod_user("ls", str(with_group), groups=(FS_GROUP,))
+    assert listing.returncode == 0 and b"train-images-idx3-ubyte.gz" in listing.stdout
+    st = os.stat(with_group / notes)
+    assert st.st_gid == FS_GROUP and st.st_mode & 0o040
+    # the same user outside the group, and a volume published without an fsGroup: no access
+    assert b"Permission denied" in as_pod_user("cat", str(with_group / notes)).stderr
+    assert b"Permission denied" in as_pod_user("cat", str(without / notes), groups=(FS_GROUP,)).stderr
+    unpublish(node, with_group, volume_id="pv-group")
+    unpublish(node, without, volume_id="pv-group")
+
+
+def test_fs_group_lets_a_non_root_writer_write(stubs, volume, public_targets, bucket):
+    from mounts import get_object
+
+    _, node = stubs
+    target = public_targets("pod-fsgroup-rw")
+    publish_with_group(node, volume, target, FS_GROUP, mode=Mode.SINGLE_NODE_WRITER)
+    writer = as_pod_user("sh", "-c", f"echo from nobody > {target}/sub/by-nobody.txt", groups=(FS_GROUP,))
+    assert writer.returncode == 0, writer.stderr
+    assert b"Permission denied" in as_pod_user("sh", "-c", f"echo x > {target}/sub/no.txt").stderr
+    unpublish(node, target, volume_id="pv-group")
+    assert get_object(f"s3://{bucket}", "tf-train/train/data/sub/by-nobody.txt") == b"from nobody\n"
+
+
+def test_a_bad_fs_group_is_invalid(stubs, tmp_path):
+    _, node = stubs
+    req = publish_request("vol-1", tmp_path / "t")
+    req.volume_capability.mount.volume_mount_group = "staff"
+    err = error_of(node.NodePublishVolume, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "volume_mount_group" in err.details()
+
+
+# ---- the mount daemons' log in the plugin's ---------------------------------------------------
+
+def test_mount_logs_reach_the_plugin_log_with_the_volume_id(plugin, volume, targets, seaweed):
+    from faultproxy import GET_OBJECT, FaultProxy
+
+    context, secrets = volume
+    target = targets("pod-logs")
+    with FaultProxy(seaweed.state().s3_port) as proxy, grpc.insecure_channel(plugin.endpoint) as ch:
+        node = csi_pb2_grpc.NodeStub(ch)
+        publish(node, (dict(context, url=proxy.endpoint, otherOpts="retries=0"), secrets), target,
+                volume_id="pv-logs")
+        proxy.error(500, "InternalError", times=None, match=GET_OBJECT)
+        with pytest.raises(OSError) as info:
+            (target / "sub" / "notes.txt").read_bytes()
+        assert info.value.errno == errno.EIO
+        line = wait_for(lambda: [ln for ln in plugin.log.read_text().splitlines()
+                                 if "volume=pv-logs" in ln and "READ" in ln], what="the daemon's log line")[0]
+        assert "EIO" in line and ("InternalError" in line or "500" in line)
+        proxy.passthrough()
+        unpublish(node, target, volume_id="pv-logs")
+    text = plugin.log.read_text()
+    assert "volume=pv-logs" in text
+    for value in secrets.values():
+        assert value not in text
+
+
+def test_daemon_log_is_rate_limited_and_scrubbed():
+    import io
+    import logging
+
+    from pailfs.cli.daemon_log import TaggedHandler
+
+    now = [0.0]
+    out = io.StringIO()
+    handler = TaggedHandler("volume=v1", secrets=["AKIDsecretish", "S3cr3tValue"], stream=out, rate=5, burst=10,
+                            clock=lambda: now[0])
+    logger = logging.getLogger("test.daemon_log")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        for i in range(1000):
+            logger.warning("read %d failed with key S3cr3tValue", i)
+        assert len(out.getvalue().splitlines()) == 10
+        now[0] = 2.0  # two seconds later: 10 more tokens, and a count of what was dropped
+        logger.warning("after the flood")
+        lines = out.getvalue().splitlines()
+        assert lines[10] == "volume=v1: 990 log lines suppressed (more than 5/s)"
+        assert lines[11].endswith("test.daemon_log: after the flood") and "volume=v1" in lines[11]
+        assert all("volume=v1" in ln for ln in lines) and "S3cr3tValue" not in out.getvalue()
+        assert "read 0 failed with key ***" in lines[0]
+    finally:
+        logger.removeHandler(handler)
+
+
+# ---- the supervisor ---------------------------------------------------------------------------
+
+def children_of(pid: int) -> list[tuple[int, str, str]]:
+    """(pid, state, cmdline) of pid's children."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat_fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat_fields[1]) == pid:
+            found.append((int(p.name), stat_fields[0], _cmdline(p)))
+    return found
+
+
+def server_pid(plugin) -> int:
+    (pid,) = [c[0] for c in children_of(plugin.proc.pid) if "--serve-only" in c[2]]
+    return pid
+
+
+def test_supervisor_restarts_a_crashed_server_and_mounts_keep_reading(plugin, volume, targets):
+    target = targets("pod-crash")
+    with grpc.insecure_channel(plugin.endpoint) as ch:
+        publish(csi_pb2_grpc.NodeStub(ch), volume, target)
+    first = server_pid(plugin)
+    os.kill(first, signal.SIGKILL)
+    assert_reads_data_set(target)
+    wait_for(lambda: [c for c in children_of(plugin.proc.pid) if "--serve-only" in c[2] and c[0] != first],
+             what="a new gRPC server")
+    with grpc.insecure_channel(plugin.endpoint) as ch:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=2)
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, plugin.log.read_text()
+                time.sleep(0.1)
+        node = csi_pb2_grpc.NodeStub(ch)
+        publish(node, volume, target)  # the restarted server knows the publication
+        assert_reads_data_set(target)
+        unpublish(node, target)
+    assert "gRPC server exited" in plugin.log.read_text()
+    # the daemon, adopted by the supervisor when its server died, is reaped: no zombie
+    wait_for(lambda: not [c for c in children_of(plugin.proc.pid) if c[1] == "Z"], what="the zombie reaped")
+
+
+def test_unpublish_leaves_no_zombie(plugin, volume, targets):
+    target = targets("pod-zombie")
+    with grpc.insecure_channel(plugin.endpoint) as ch:
+        node = csi_pb2_grpc.NodeStub(ch)
+        publish(node, volume, target)
+        unpublish(node, target)
+    for parent in (plugin.proc.pid, server_pid(plugin)):
+        assert not [c for c in children_of(parent) if c[1] == "Z"]
+        assert not [c for c in children_of(parent) if str(target) in c[2]], "the daemon outlived its unpublish"

@@ -151,20 +151,27 @@ def test_deploy_csidriver_and_daemonset():
     driver = k["CSIDriver"]
     assert driver["metadata"]["name"] == DRIVER_NAME
     assert driver["spec"]["attachRequired"] is False
-    assert driver["spec"]["podInfoOnMount"] is False
+    assert driver["spec"]["podInfoOnMount"] is True
     assert driver["spec"]["volumeLifecycleModes"] == ["Persistent"]
+    assert driver["spec"]["fsGroupPolicy"] == "None"  # kubelet never chowns the bucket
 
     ds = k["DaemonSet"]
     assert ds["metadata"]["namespace"] == "pailfs-system"
+    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate",
+                                            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = ds["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == k["ServiceAccount"]["metadata"]["name"]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     containers = {c["name"]: c for c in pod["containers"]}
-    registrar, plugin = containers["node-driver-registrar"], containers["pailfs-csi"]
+    registrar, plugin, liveness = containers["node-driver-registrar"], containers["pailfs-csi"], \
+        containers["liveness-probe"]
     assert registrar["image"].startswith("registry.k8s.io/sig-storage/csi-node-driver-registrar:")
     assert "--csi-address=/csi/csi.sock" in registrar["args"]
 
     assert plugin["image"] == "registry.example.com/pailfs:0.1.0"
-    assert plugin["command"] == ["pailfs", "csi", "--endpoint", "unix:///csi/csi.sock", "--node-id", "$(NODE_NAME)"]
+    assert plugin["command"][:6] == ["pailfs", "csi", "--endpoint", "unix:///csi/csi.sock", "--node-id",
+                                     "$(NODE_NAME)"]
     assert plugin["securityContext"]["privileged"] is True
     env = {e["name"]: e for e in plugin["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
@@ -183,3 +190,103 @@ def test_deploy_csidriver_and_daemonset():
     assert f"--kubelet-registration-path={socket_dir}/csi.sock" in registrar["args"]
     assert mounts["plugin-dir"]["mountPath"] == "/csi"
     assert {m["mountPath"] for m in registrar["volumeMounts"]} == {"/csi", "/registration"}
+    # the state directory (credential files, publication records) is the host's, shared
+    # by a plugin and the one that replaces it
+    state = plugin["command"][plugin["command"].index("--state-dir") + 1]
+    assert host_paths["state-dir"] == state and mounts["state-dir"]["mountPath"] == state
+
+    # liveness: kubelet asks the sidecar, the sidecar calls Probe on the plugin's socket
+    port = plugin["livenessProbe"]["httpGet"]["port"]
+    (declared,) = [p for p in plugin["ports"] if p["name"] == port]
+    assert f"--health-port={declared['containerPort']}" in liveness["args"]
+    assert "--csi-address=/csi/csi.sock" in liveness["args"]
+    assert plugin["readinessProbe"]["httpGet"] == plugin["livenessProbe"]["httpGet"]
+    assert registrar["livenessProbe"]["httpGet"]["port"] == int(
+        [a for a in registrar["args"] if a.startswith("--http-endpoint=")][0].rsplit(":", 1)[1])
+
+
+def test_deploy_sizes_memory_from_the_buffer_budget():
+    docs, _ = docs_of("k8s", "deploy", "--image", "pailfs:1", "--mounts-per-node", "3", "--max-buffer-memory", "100")
+    pod = by_kind(docs)["DaemonSet"]["spec"]["template"]["spec"]
+    (plugin,) = [c for c in pod["containers"] if c["name"] == "pailfs-csi"]
+    # 128 MiB for the plugin, 3 x (100 MiB budget + 96 MiB daemon) for the mounts
+    assert plugin["resources"]["requests"]["memory"] == "716Mi"
+    assert plugin["resources"]["limits"] == {"memory": "1432Mi"}
+    assert "cpu" not in plugin["resources"]["limits"]
+    cmd = plugin["command"]
+    assert cmd[cmd.index("--max-buffer-memory") + 1] == "100"  # the plugin holds volumes to the budget
+    assert_valid(docs)
+
+
+def test_deploy_with_another_kubelet_dir():
+    docs, _ = docs_of("k8s", "deploy", "--image", "pailfs:1", "--kubelet-dir", "/var/lib/k0s/kubelet/")
+    text = yaml.safe_dump_all(docs)
+    assert "/var/lib/kubelet" not in text
+    pod = by_kind(docs)["DaemonSet"]["spec"]["template"]["spec"]
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    assert host_paths["kubelet-dir"] == "/var/lib/k0s/kubelet"
+    assert host_paths["plugin-dir"] == f"/var/lib/k0s/kubelet/plugins/{DRIVER_NAME}"
+    assert host_paths["registration-dir"] == "/var/lib/k0s/kubelet/plugins_registry"
+    (plugin,) = [c for c in pod["containers"] if c["name"] == "pailfs-csi"]
+    assert {"name": "kubelet-dir", "mountPath": "/var/lib/k0s/kubelet",
+            "mountPropagation": "Bidirectional"} in plugin["volumeMounts"]
+    assert_valid(docs)
+
+
+def assert_refused(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pailfs: "), proc.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def _with(flag: str, value: str) -> list[str]:
+    args = list(SEED)
+    if flag in args:
+        args[args.index(flag) + 1] = value
+        return args
+    return args + [flag, value]
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--bucket", "TF_Bucket", ["bucket", "TF_Bucket"]),
+    ("--bucket", "-o", ["bucket"]),
+    ("--url", "https://oss-cn-beijing.aliyuncs.com,use_cache=/tmp", ["url"]),
+    ("--url", "ftp://example.com", ["url", "http"]),
+    ("--url", "https://oss-cn-beijing.aliyuncs.com/some/path", ["url"]),
+    ("--other-opts", "kernel_cache,no_such_option", ["no_such_option"]),
+    ("--other-opts", "use_cache=/var/tmp", ["use_cache"]),
+    ("--other-opts", "max_stat_cache_size=lots", ["max_stat_cache_size"]),
+    ("--data-path", "/tf-train/../etc", ["path"]),
+    ("--name", "TF_Train", ["--name"]),
+    ("--namespace", "ml space", ["--namespace"]),
+    ("--mount-path", "relative/dir", ["--mount-path"]),
+    ("--checkpoint-prefix", "/", ["--checkpoint-prefix"]),
+])
+def test_manifests_refuse_bad_input_with_one_line(flag, value, words):
+    assert_refused(run("k8s", "manifests", *_with(flag, value)), *words)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--kubelet-dir", "var/lib/kubelet"], ["--kubelet-dir"]),
+    (["--namespace", "Kube_System"], ["--namespace"]),
+    (["--image", "my image"], ["--image"]),
+    (["--mounts-per-node", "0"], ["--mounts-per-node"]),
+])
+def test_deploy_refuses_bad_input_with_one_line(args, words):
+    assert_refused(run("k8s", "deploy", *args), *words)
+
+
+def test_manifests_keep_an_endpoint_without_scheme_the_plugin_accepts():
+    docs, _ = docs_of("k8s", "manifests", *_with("--url", "oss-cn-beijing-internal.aliyuncs.com"))
+    k = by_kind(docs)
+    attrs = k["PersistentVolume"]["spec"]["csi"]["volumeAttributes"]
+    assert attrs["url"] == "oss-cn-beijing-internal.aliyuncs.com"
+    env = {e["name"]: e for e in k["Job"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["URL"]["value"] == "oss-cn-beijing-internal.aliyuncs.com"
+    req = csi_pb2.NodePublishVolumeRequest(volume_id="v", target_path="/mnt/t", volume_context=attrs)
+    req.volume_capability.mount.SetInParent()
+    req.volume_capability.access_mode.mode = csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_READER_ONLY
+    assert "url=https://oss-cn-beijing-internal.aliyuncs.com" in plan_mount(req).tokens

@@ -20,3 +20,16 @@ def fail(message: str, code: int = 1) -> "typer.Exit":
     """Print one clear line to stderr and return the Exit to raise."""
     typer.echo(f"pailfs: {message}", err=True)
     return typer.Exit(code)
+
+
+def need_extra(extra: str, *modules: str) -> None:
+    """Fail with one line when a command's optional dependencies are not installed."""
+    import importlib.util
+
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise fail(f"this command needs the '{extra}' extra ({name} is missing): pip install 'pailfs[{extra}]'")

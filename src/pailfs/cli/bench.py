@@ -42,6 +42,9 @@ def bench(
     big_mib: Optional[int] = typer.Option(None, "--big-mib", min=1, hidden=True),
     keep: bool = typer.Option(False, "--keep", hidden=True, help="Keep the work dir (debugging)."),
 ) -> None:
+    from pailfs.cli.app import need_extra
+
+    need_extra("bench", "matplotlib")
     from pailfs.bench import BenchConfig, run
     from pailfs.bench.report import markdown
 

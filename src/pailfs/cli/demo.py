@@ -31,7 +31,9 @@ def demo(endpoint: Optional[str] = typer.Option(
          out: Path = typer.Option(Path("demo-output"), "--out", help="Directory for the chart and summary.json.")) -> None:
     from rich.console import Console
 
-    from pailfs.cli.app import fail
+    from pailfs.cli.app import fail, need_extra
+
+    need_extra("demo", "numpy", "sklearn", "matplotlib")
     from pailfs.demo import report
     from pailfs.demo.runner import DEFAULT_EPOCHS, QUICK_EPOCHS, run_demo
 

@@ -42,22 +42,78 @@ def _report(fd: int | None, message: str) -> None:
         pass
 
 
-@app.command(help="Mount a bucket (BUCKET[:/PATH] or s3://BUCKET/PATH) on MOUNTPOINT.",
+@app.command(help="Mount a bucket (BUCKET[:/PATH] or s3://BUCKET/PATH) on MOUNTPOINT; with --takeover, "
+                  "take a live mount at MOUNTPOINT over from the pailfs daemon serving it (an upgrade in place).",
              epilog="Options (-o): " + config.valid_names())
-def mount(source: str = typer.Argument(..., help="BUCKET[:/PATH], s3://BUCKET/PATH or file:///DIR"),
-          mountpoint: Path = typer.Argument(..., help="An existing, empty directory."),
+def mount(source: str = typer.Argument(..., help="BUCKET[:/PATH], s3://BUCKET/PATH or file:///DIR "
+                                                 "(with --takeover: the mountpoint)"),
+          mountpoint: Optional[Path] = typer.Argument(None, help="An existing, empty directory."),
           option: list[str] = typer.Option([], "-o", "--option", help=MOUNT_HELP),
           foreground: bool = typer.Option(False, "-f", "--foreground", help="Stay in the foreground."),
-          ready_fd: Optional[int] = typer.Option(None, "--ready-fd", hidden=True)) -> None:
+          takeover: bool = typer.Option(False, "--takeover",
+                                        help="Take over the live mount at MOUNTPOINT (its source and options; "
+                                             "-o changes options): readers see no error, open files stay "
+                                             "open, unsaved writes are carried over. The old daemon exits."),
+          ready_fd: Optional[int] = typer.Option(None, "--ready-fd", hidden=True),
+          control_dir: Optional[str] = typer.Option(None, "--control-dir", hidden=True,
+                                                    help="Where mounts listen for a successor (handover)."),
+          log_tag: Optional[str] = typer.Option(None, "--log-tag", hidden=True,
+                                                help="Tag every log line (the CSI plugin's volume id).")) -> None:
+    from pailfs.fuse import handover
+
+    control_dir = control_dir or handover.default_control_dir()
+    predecessor = None
     try:
-        opts = config.parse_options(option)
+        if takeover:
+            if mountpoint is not None:
+                raise MountError("with --takeover give only the mountpoint: source and options come from "
+                                 "the running mount")
+            mountpoint = Path(source)
+            predecessor = handover.Predecessor(os.path.abspath(mountpoint), control_dir)
+            source = predecessor.description["source"]
+            opts = _takeover_options(predecessor.description, option)
+        elif mountpoint is None:
+            raise MountError("missing MOUNTPOINT: pailfs mount SOURCE MOUNTPOINT")
+        else:
+            opts = config.parse_options(option)
     except PailfsError as exc:
         _report(ready_fd, f"error: {exc}")
         raise
     if not foreground:
-        _spawn_and_wait(source, mountpoint, option, opts)
+        if predecessor is not None:
+            predecessor.close()  # the daemon started below asks again
+        extra = ["--takeover"] if takeover else [source]
+        _spawn_and_wait([*extra, str(mountpoint)], option, opts, control_dir)
         return
-    _run_foreground(source, mountpoint, opts, ready_fd)
+    if log_tag:
+        from pailfs.cli import daemon_log
+
+        daemon_log.configure(log_tag, _secrets_to_scrub(source, opts))
+    _run_foreground(source, mountpoint, opts, ready_fd, control_dir, predecessor)
+
+
+def _takeover_options(description: dict, option: list[str]) -> config.Options:
+    """The running mount's options, changed by the -o given now; ro/rw cannot change."""
+    values = {**config.parse_options([], env={}).values, **description["options"]}
+    values.update(config.parse_options(option, env={}).explicit())
+    opts = config.Options(values)
+    if opts.read_only != bool(description.get("read_only")):
+        raise MountError("a takeover cannot change a mount between read-only and read-write")
+    return opts
+
+
+def _secrets_to_scrub(source: str, opts: config.Options) -> list[str]:
+    """The key pair of the mount's passwd file, for the log filter (errors are the mount's to report)."""
+    from pailfs.credentials import read_passwd_file
+    from pailfs.store import parse_url
+
+    if not opts.passwd_file:
+        return []
+    try:
+        creds = read_passwd_file(opts.passwd_file, parse_url(source).bucket)
+    except PailfsError:
+        return []
+    return [v for v in (creds.access_key, creds.secret_key, creds.token) if v] if creds is not None else []
 
 
 def _one_line(exc: BaseException) -> str:
@@ -65,9 +121,10 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _spawn_and_wait(source: str, mountpoint: Path, option: list[str], opts: config.Options) -> None:
+def _spawn_and_wait(positional: list[str], option: list[str], opts: config.Options, control_dir: str) -> None:
     read_end, write_end = os.pipe()
-    args = [sys.executable, "-m", "pailfs", "mount", source, str(mountpoint), "-f", "--ready-fd", str(write_end)]
+    args = [sys.executable, "-m", "pailfs", "mount", *positional, "-f", "--ready-fd", str(write_end),
+            "--control-dir", control_dir]
     for spec in option:
         args += ["-o", spec]
     log_target = subprocess.DEVNULL
@@ -90,10 +147,11 @@ def _spawn_and_wait(source: str, mountpoint: Path, option: list[str], opts: conf
     raise MountError(answer.removeprefix("error: "))
 
 
-def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_fd: int | None) -> None:
+def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_fd: int | None,
+                    control_dir: str, predecessor=None) -> None:  # noqa: ANN001 - handover.Predecessor
     from pailfs.fs.core import ObjectFileSystem
-    from pailfs.fuse import FuseServer
-    from pailfs.fuse.mount import check_mountpoint
+    from pailfs.fuse import FuseServer, handover
+    from pailfs.fuse.mount import check_mountpoint, find_mount
     from pailfs.store import open_store
 
     logging.getLogger().setLevel(logging.DEBUG if opts.debug else logging.INFO)
@@ -107,7 +165,12 @@ def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_f
     fs = store = None
     try:
         try:
-            check_mountpoint(str(mountpoint), nonempty=opts.nonempty)
+            if predecessor is None:
+                check_mountpoint(str(mountpoint), nonempty=opts.nonempty)
+            else:
+                info = find_mount(str(mountpoint))
+                if info is None or list(info.device) != predecessor.description.get("device"):
+                    raise MountError(f"{mountpoint} is not the mount its daemon serves; nothing to take over")
             store = open_store(source, opts)
             on_loop(store.check(), timeout=opts.connect_timeout + opts.readwrite_timeout + 5)
 
@@ -117,7 +180,9 @@ def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_f
             fs = on_loop(build())
             server = FuseServer(fs, str(mountpoint), loop=loop.loop, fs_name=source, read_only=opts.read_only,
                                 allow_other=opts.allow_other, nonempty=opts.nonempty,
-                                readahead_kib=fs.kernel_readahead // 1024, poll_us=opts.fuse_poll_us)
+                                readahead_kib=fs.kernel_readahead // 1024, poll_us=opts.fuse_poll_us,
+                                control_path=handover.control_path(control_dir, os.path.abspath(mountpoint)),
+                                description={"source": source, "options": opts.explicit()})
         except Exception as exc:
             _report(ready_fd, f"error: {_one_line(exc)}")
             raise
@@ -132,14 +197,19 @@ def _run_foreground(source: str, mountpoint: Path, opts: config.Options, ready_f
 
         def ready() -> None:
             _report(ready_fd, "ok")
-            log.info("mounted %s on %s", source, mountpoint)
+            log.info("%s %s on %s", "took over" if predecessor else "mounted", source, mountpoint)
 
         try:
-            server.serve(ready_callback=ready)  # until unmounted
+            if predecessor is None:
+                server.serve(ready_callback=ready)  # until unmounted, or handed over
+            else:
+                server.serve_taken_over(predecessor, ready_callback=ready)
         except Exception as exc:
             _report(ready_fd, f"error: {_one_line(exc)}")
             raise
     finally:
+        if predecessor is not None:
+            predecessor.close()
         if fs is not None:
             try:
                 on_loop(fs.close(), timeout=600)

@@ -1,8 +1,9 @@
-"""The mount table as the CSI node plugin needs it: is a path a mount point, is
-that mount dead (its FUSE daemon gone), and unmount it without a helper binary.
+"""The mount table as the CSI node plugin needs it: what is mounted at a target,
+is that mount dead (its FUSE daemon gone), and unmount it without a helper binary.
 
 Root only (the plugin runs privileged): umount2(2) is called directly, so no
-`umount` process, no shell and no PATH look-up is involved.
+`umount` process, no shell and no PATH look-up is involved. The plugin unmounts
+only pailfs mounts (fs type `fuse.pailfs`); anything else at a target is left alone.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import errno
 import logging
 import os
 
+from typing import NamedTuple
+
 log = logging.getLogger(__name__)
 
+PAILFS_FSTYPE = "fuse.pailfs"
 MNT_DETACH = 2  # <sys/mount.h>: lazy unmount, works on a mount whose daemon died
 # What statvfs(2) answers on a FUSE mount whose daemon is gone: ENOTCONN, or
 # ECONNABORTED when the daemon had asked for FUSE_ABORT_ERROR.
@@ -22,6 +26,11 @@ DEAD_MOUNT_ERRNOS = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+
+
+class Mount(NamedTuple):
+    mountpoint: str
+    fstype: str
 
 
 def _unescape(field: str) -> str:
@@ -38,8 +47,8 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mount_points() -> list[tuple[str, str]]:
-    """(mount point, fs type) of every mount seen by this process, in table order."""
+def mount_table() -> list[Mount]:
+    """Every mount this process sees, in table order (later ones on top)."""
     result = []
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
@@ -47,7 +56,7 @@ def mount_points() -> list[tuple[str, str]]:
             fields = left.split()
             if len(fields) < 5 or not right:
                 continue
-            result.append((_unescape(fields[4]), right.split()[0]))
+            result.append(Mount(_unescape(fields[4]), right.split()[0]))
     return result
 
 
@@ -58,25 +67,30 @@ def canonical(path: str) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
-def is_mount_point(path: str) -> bool:
-    """True when `path` is a mount point, live or dead (reads the mount table)."""
+def mount_at(path: str) -> Mount | None:
+    """The topmost mount at `path`, live or dead."""
     path = canonical(path)
-    return any(mp == path for mp, _ in mount_points())
+    found = None
+    for mount in mount_table():
+        if mount.mountpoint == path:
+            found = mount
+    return found
 
 
-def _is_dead(path: str) -> bool:
-    # statvfs, not stat: the kernel may answer stat from cached attributes
-    # (kernel_cache) long after the daemon died, but STATFS always asks it.
+def is_mount_point(path: str) -> bool:
+    return mount_at(path) is not None
+
+
+def is_dead_mount(path: str) -> bool:
+    """True when statvfs(path) fails with ENOTCONN/ECONNABORTED: a FUSE mount whose daemon is gone.
+
+    statvfs, not stat: the kernel may answer stat from cached attributes
+    (kernel_cache) long after the daemon died, but STATFS always asks it."""
     try:
         os.statvfs(path)
     except OSError as exc:
         return exc.errno in DEAD_MOUNT_ERRNOS
     return False
-
-
-def is_dead_mount(path: str) -> bool:
-    """True when statvfs(path) fails with ENOTCONN/ECONNABORTED: a FUSE mount whose daemon is gone."""
-    return _is_dead(path)
 
 
 def unmount(path: str, lazy: bool = False) -> None:
@@ -86,15 +100,18 @@ def unmount(path: str, lazy: bool = False) -> None:
         raise OSError(err, os.strerror(err), path)
 
 
-def unmount_all(path: str, attempts: int = 8) -> None:
-    """Remove every mount stacked on `path`: a clean unmount first, a lazy one
-    when the mount is dead or still busy, so an unpublish never hangs."""
+def unmount_pailfs(path: str, attempts: int = 8) -> None:
+    """Remove every pailfs mount stacked on `path`: a clean unmount first, a lazy one
+    when the mount is dead or still busy, so an unpublish never hangs. Raises
+    OSError(EPERM) at a mount that is not pailfs's (it stays)."""
     for _ in range(attempts):
-        if not is_mount_point(path):
+        info = mount_at(path)
+        if info is None:
             return
-        dead = is_dead_mount(path)
+        if info.fstype != PAILFS_FSTYPE:
+            raise OSError(errno.EPERM, f"a {info.fstype} mount that pailfs did not make", path)
         try:
-            unmount(path, lazy=dead)
+            unmount(path, lazy=is_dead_mount(path))
         except OSError as exc:
             if exc.errno == errno.EINVAL:  # raced with another unmount: no longer a mount point
                 continue

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 
-from pailfs import __version__
-from pailfs.csi import DEFAULT_MOUNT_TIMEOUT, DEFAULT_STATE_DIR, DRIVER_NAME, csi_pb2, csi_pb2_grpc
+from pailfs.version import __version__
+from pailfs.csi import DRIVER_NAME, csi_pb2, csi_pb2_grpc
 from pailfs.csi.node import CsiError, NodeService
 from pailfs.errors import BadOption
 
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 
 class IdentityServicer(csi_pb2_grpc.IdentityServicer):
+    def __init__(self, node: NodeService):
+        self.node = node
+
     def GetPluginInfo(self, request, context):
         return csi_pb2.GetPluginInfoResponse(name=DRIVER_NAME, vendor_version=__version__)
 
@@ -33,8 +36,15 @@ class IdentityServicer(csi_pb2_grpc.IdentityServicer):
         return csi_pb2.GetPluginCapabilitiesResponse()
 
     def Probe(self, request, context):
+        # What the liveness probe (the livenessprobe sidecar's /healthz) checks: the
+        # answer itself proves the socket is served; health() reads the mount table
+        # and writes the state directory. Not ready while mounts are being taken over.
+        problem = self.node.health()
         resp = csi_pb2.ProbeResponse()
-        resp.ready.value = True
+        if problem is not None and self.node.ready:
+            log.warning("Probe: %s", problem)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
+        resp.ready.value = problem is None
         return resp
 
 
@@ -46,7 +56,11 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         return csi_pb2.NodeGetInfoResponse(node_id=self.node.node_id)
 
     def NodeGetCapabilities(self, request, context):
-        return csi_pb2.NodeGetCapabilitiesResponse()
+        # VOLUME_MOUNT_GROUP: kubelet hands the pod's fsGroup to NodePublishVolume
+        # instead of chown'ing every file of the bucket.
+        resp = csi_pb2.NodeGetCapabilitiesResponse()
+        resp.capabilities.add().rpc.type = csi_pb2.NodeServiceCapability.RPC.VOLUME_MOUNT_GROUP
+        return resp
 
     def NodePublishVolume(self, request, context):
         _call(context, "NodePublishVolume", request.volume_id, self.node.publish, request)
@@ -85,28 +99,40 @@ def build_server(endpoint: str, node: NodeService, workers: int = 8) -> grpc.Ser
     path = Path(socket_path(endpoint))
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_socket() or path.exists():
-        path.unlink()  # left by a previous run; bind would fail with EADDRINUSE
+        # left by a previous run, or served by the plugin this one replaces (an upgrade
+        # with maxSurge): kubelet's next connection reaches the new socket
+        path.unlink()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="csi"))
-    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(), server)
+    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(node), server)
     csi_pb2_grpc.add_NodeServicer_to_server(NodeServicer(node), server)
     server.add_insecure_port(f"unix://{path}")
     return server
 
 
-def serve(endpoint: str, node_id: str, state_dir: str = DEFAULT_STATE_DIR,
-          mount_timeout: float = DEFAULT_MOUNT_TIMEOUT) -> None:
+def serve(endpoint: str, node: NodeService) -> None:
     """Serve until SIGTERM/SIGINT. Mounts made so far stay (they run in their own sessions)."""
-    node = NodeService(node_id, state_dir=state_dir, mount_timeout=mount_timeout)
+    node.ready = False  # until the previous plugin's mounts are taken over (Probe: not ready)
     server = build_server(endpoint, node)
     server.start()
-    log.warning("pailfs CSI plugin %s %s serving on %s as node %s", DRIVER_NAME, __version__, endpoint, node_id)
+    threading.Thread(target=node.take_over_previous, name="csi-takeover", daemon=True).start()
+    path = socket_path(endpoint)
+    own_socket = _inode(path)
+    log.warning("pailfs CSI plugin %s %s serving on %s as node %s", DRIVER_NAME, __version__, endpoint,
+                node.node_id)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=5).wait()
-    try:
-        os.unlink(socket_path(endpoint))
-    except FileNotFoundError:
-        pass
+    node.close()
+    if own_socket is not None and _inode(path) == own_socket:
+        os.unlink(path)  # only our own: a successor may serve a new socket at this path
     log.warning("pailfs CSI plugin stopped; published volumes stay mounted")
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

@@ -21,6 +21,7 @@ import json
 import time
 
 from pailfs import errors
+from pailfs.fs import state
 from pailfs.config import Options
 from pailfs.errors import IsADirectory
 from pailfs.fs.mutations import Mutations
@@ -183,6 +184,16 @@ class ObjectFileSystem:
 
     async def readlink(self, ino: int) -> str:
         return await self.mutations.readlink(ino)
+
+    # ------------------------------------------------------------------ handover (pailfs.fs.state)
+    async def export_state(self) -> tuple[dict, list[int]]:
+        return await state.export_state(self)
+
+    def import_state(self, data: dict, fds: list[int]) -> None:
+        state.import_state(self, data, fds)
+
+    def forget_exported(self) -> None:
+        state.forget_exported(self)
 
     async def close(self) -> None:
         self.namespace.close()

@@ -111,6 +111,12 @@ class Namespace:
         parent.entries = None
         return node
 
+    def restore(self, ino: int, name: str, is_dir: bool) -> Node:
+        """An inode a predecessor process handed over, at its own number (pailfs.fs.state)."""
+        node = (self._dir_kind if is_dir else self._file_kind)(ino, None, name)
+        self.inodes.add(node)
+        return node
+
     def detach(self, node: Node) -> None:
         """Remove node from its parent; drop it from the table unless the kernel holds it."""
         parent = node.parent

@@ -205,6 +205,10 @@ class InodeTable:
     def next_ino(self) -> int:
         return len(self._slots)
 
+    def reserve(self, next_ino: int) -> None:
+        """Numbers below next_ino are taken (a predecessor's, pailfs.fs.state)."""
+        self._slots.extend([None] * (next_ino - len(self._slots)))
+
     def get(self, ino: int) -> Node | None:
         try:
             return self._slots[ino] if ino > 0 else None

@@ -177,3 +177,13 @@ class FileSystemOps(Protocol):
 
     async def close(self) -> None:
         """Unmounted: finish pending uploads, stop background work."""
+
+    # --- handover to a successor process (pailfs.fs.state) ----------------------
+    async def export_state(self) -> tuple[dict, list[int]]:
+        """What the kernel can see (inodes it holds, handles, staged writes) as JSON-able
+        data and the file descriptors that go with it; FUSE requests are drained first."""
+
+    def import_state(self, data: dict, fds: list[int]) -> None: ...
+
+    def forget_exported(self) -> None:
+        """The successor serves: drop what it now owns, without uploading."""

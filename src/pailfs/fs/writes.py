@@ -136,7 +136,7 @@ class WriteBack:
             pass
         try:
             os.unlink(st.path)
-        except FileNotFoundError:
+        except OSError:  # gone, or a handed-over file reached through /proc/self/fd
             pass
 
     # --- data -----------------------------------------------------------------

@@ -12,7 +12,9 @@ on; without one, serve() runs a loop of its own for the life of the mount.
 
 serve() returns when the kernel ends the connection (`umount`, `fusermount3
 -u`, `umount -l` once the last file closes) or after stop(). The mount is
-always gone when it returns.
+always gone when it returns — unless it was handed over to a successor process
+(pailfs.fuse.handover; `control_path` names the socket a successor asks at),
+which `serve_taken_over()` is: it serves a mount it did not make.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from typing import Callable
 
 from pailfs.aio import LoopThread
 from pailfs.errors import MountError
 from pailfs.fs.types import FileSystemOps
+from pailfs.fuse import handover
 from pailfs.fuse import mount as _mount
 from pailfs.fuse.mount import abort_connection, find_mount, is_stale, set_readahead, unmount
 from pailfs.fuse.session import FuseSession
@@ -46,8 +50,12 @@ class FuseServer:
                  allow_other: bool = False, default_permissions: bool = True, noatime: bool = True,
                  uid: int | None = None, gid: int | None = None, nonempty: bool = False,
                  use_fusermount: bool | None = None,
-                 stop_grace: float = STOP_GRACE, readahead_kib: int = 0, poll_us: int = 0) -> None:
+                 stop_grace: float = STOP_GRACE, readahead_kib: int = 0, poll_us: int = 0,
+                 control_path: str | None = None, description: dict | None = None) -> None:
         self.fs = fs
+        self.control_path = control_path
+        self.description = description or {}
+        self.gone_to_successor = False
         self.readahead_kib = readahead_kib
         self.poll_us = poll_us
         self.mountpoint = mountpoint
@@ -83,11 +91,57 @@ class FuseServer:
         threading.Thread(target=self._unmount_quietly, name="pailfs-unmount", daemon=True).start()
 
     # ------------------------------------------------------------------ internals
+    def serve_taken_over(self, predecessor: handover.Predecessor,
+                         ready_callback: Callable[[], None] | None = None) -> None:
+        """Serve the mount a predecessor process hands over (see pailfs.fuse.handover)."""
+        own_loop = LoopThread("pailfs-loop") if self.loop is None else None
+        loop = self.loop or own_loop.loop  # type: ignore[union-attr]
+        try:
+            fd, init, state, fds, paused_at = predecessor.take()
+            try:
+                asyncio.run_coroutine_threadsafe(self._import(state, fds), loop).result(60)
+                session = self.session = FuseSession(self.fs, fd, loop, poll_us=self.poll_us)
+                handover.adopt_init(session, init)
+                predecessor.confirm()
+            except BaseException:
+                os.close(fd)  # the predecessor's descriptor keeps the connection; it reads again
+                raise
+
+            def ready() -> None:
+                log.info("took %s over: its readers waited %.0f ms", self.mountpoint,
+                         (time.time() - paused_at) * 1000)
+                if ready_callback is not None:
+                    ready_callback()
+
+            self._attend(session, fd, loop, ready)
+        finally:
+            predecessor.close()
+            if own_loop is not None:
+                own_loop.stop(timeout=5)
+
+    async def _import(self, state: dict, fds: list[int]) -> None:
+        self.fs.import_state(state, fds)
+
+    def handed_over(self) -> None:
+        """A successor serves the mount now: stop without unmounting (handover.give)."""
+        self.gone_to_successor = True
+        session = self.session
+        if session is not None:
+            session.fd = -1  # late replies fail (EBADF) instead of reaching a reused descriptor
+            session.finished.set()
+
     def _serve(self, loop: asyncio.AbstractEventLoop, ready_callback: Callable[[], None] | None) -> None:
         fd = _mount.mount(self.mountpoint, **self.mount_options)
+        self._attend(FuseSession(self.fs, fd, loop, poll_us=self.poll_us), fd, loop, ready_callback)
+
+    def _attend(self, session: FuseSession, fd: int, loop: asyncio.AbstractEventLoop,
+                ready_callback: Callable[[], None] | None) -> None:
+        """Serve session until the connection ends, stop() or a handover; always unmount
+        unless handed over."""
         info = find_mount(self.mountpoint)
         self.device = info.device if info is not None else None
-        session = self.session = FuseSession(self.fs, fd, loop, poll_us=self.poll_us)
+        self.session = session
+        service = None
         try:
             self.fs.attach(loop, session)
             session.start()
@@ -97,6 +151,7 @@ class FuseServer:
                 return
             if self.readahead_kib and self.device is not None:
                 set_readahead(self.device, self.readahead_kib)
+            service = self._offer_handover()
             if ready_callback is not None:
                 ready_callback()
             # Wait in short steps so the main thread still runs signal handlers.
@@ -104,6 +159,11 @@ class FuseServer:
                 if self._stop.is_set() and self._stop_waited():
                     break
         finally:
+            if service is not None:
+                service.close()
+            if self.gone_to_successor:
+                os.close(fd)
+                return
             self._unmount_quietly()
             if not session.finished.wait(1.0) and self.device is not None:
                 abort_connection(self.device)
@@ -114,6 +174,19 @@ class FuseServer:
                 # A reader is still blocked in read(2) on fd; closing it now could hand the
                 # number to a new file the reader would then read. Process exit closes it.
                 log.warning("FUSE connection at %s did not end; leaving it to process exit", self.mountpoint)
+
+    def _offer_handover(self) -> handover.HandoverService | None:
+        if not self.control_path:
+            return None
+        service = handover.HandoverService(self, self.control_path, {
+            **self.description, "mountpoint": self.mountpoint, "read_only": self.read_only,
+            "device": list(self.device) if self.device else None})
+        try:
+            service.start()
+        except OSError as exc:
+            log.warning("no handover socket for %s (%s): an upgrade will need a remount", self.mountpoint, exc)
+            return None
+        return service
 
     def _wait_init(self, session: FuseSession) -> bool:
         for _ in range(int(INIT_TIMEOUT / 0.25)):

@@ -98,7 +98,9 @@ class FuseSession:
         self.max_write = max_write
         self.poll_seconds = poll_us / 1e6
         self.cold_dispatched = 0  # requests handed to the loop
-        self._polling = False     # the reader polls the device (see serve_forever)
+        self.cold_done = 0        # ... and answered (a handover waits until they match)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # stops the reader (handover)
+        self.reader: threading.Thread | None = None
         self.buffer_size = max_write + 4096
         self.proto_minor = 0
         self.kernel_flags = 0
@@ -116,25 +118,26 @@ class FuseSession:
     # ------------------------------------------------------------------ running
     def start(self) -> None:
         """Start the reader thread (a daemon thread; `finished` is set when it ends)."""
-        self._polling = self.poll_seconds > 0
-        threading.Thread(target=self._reader_main, name="pailfs-fuse", daemon=True).start()
+        self.reader = threading.Thread(target=self._reader_main, name="pailfs-fuse", daemon=True)
+        self.reader.start()
 
     def request_counts(self) -> dict[str, int]:
         return {P.OPCODE_NAMES.get(op, str(op)): n for op, n in enumerate(self.counts) if n}
 
     def _reader_main(self) -> None:
         try:
-            self.serve_forever()
+            if self.serve_forever() == "paused":
+                return
         except Exception:
             log.exception("FUSE reader failed")
-        finally:
-            self.finished.set()
-            with self._lock:
-                if self._notify_q is not None:
-                    self._notify_q.put(None)
+        self.finished.set()
+        with self._lock:
+            if self._notify_q is not None:
+                self._notify_q.put(None)
 
-    def serve_forever(self) -> None:
-        """Read and answer requests until the connection ends (ENODEV: unmounted or aborted).
+    def serve_forever(self) -> str:
+        """Read and answer requests until the connection ends (ENODEV: unmounted or aborted)
+        or wake_w is written ("paused": requests stay queued in the kernel).
 
         Readers never stop on their own: a mount detached lazily still serves the files
         that are open until they close, and an unanswered request would hang its caller.
@@ -145,7 +148,6 @@ class FuseSession:
         buf = bytearray(self.buffer_size)
         bufs = [buf]
         view = memoryview(buf)
-        readv = os.readv
         write = os.write
         head = P.IN_HEADER_HEAD.unpack_from
         pack_error = P.ERROR_REPLY.pack
@@ -153,14 +155,13 @@ class FuseSession:
         # one of a warm epoch comes within microseconds, and sleeping in readv would
         # make the kernel wake this thread's vCPU for it (measured: 47 us per isatty
         # round trip sleeping, 16 us polling). A request that went to the loop means
-        # CPU is needed there: sleep at once after those.
-        polling = self._polling
-        if polling:
-            os.set_blocking(fd, False)
-            waiter = select.poll()
-            waiter.register(fd, select.POLLIN)
-            read_polling = self._read_polling
-            spin = 0.0
+        # CPU is needed there: sleep at once after those (and always with poll_us=0).
+        os.set_blocking(fd, False)
+        waiter = select.poll()
+        waiter.register(fd, select.POLLIN)
+        waiter.register(self.wake_r, select.POLLIN)
+        read_polling = self._read_polling
+        spin = 0.0
         handlers = self._handlers
         counts = self.counts
         IOCTL = P.IOCTL
@@ -168,18 +169,17 @@ class FuseSession:
         ENOTTY = -errno.ENOTTY
         while True:
             try:
-                if polling:
-                    n = read_polling(fd, bufs, spin, waiter)
-                    dispatched = self.cold_dispatched
-                else:
-                    n = readv(fd, bufs)
+                n = read_polling(fd, bufs, spin, waiter, self.wake_r)
+                dispatched = self.cold_dispatched
             except OSError as exc:
                 code = exc.errno
                 if code == errno.ENOENT or code == errno.EINTR or code == errno.EAGAIN:
                     continue  # the request was interrupted before we read it
                 if code == errno.ENODEV:
-                    return    # unmounted / connection aborted
+                    return "ended"    # unmounted / connection aborted
                 raise
+            if n < 0:
+                return "paused"
             _, opcode, unique, nodeid = head(buf)
             if opcode == IOCTL:
                 counts[IOCTL] += 1
@@ -187,8 +187,7 @@ class FuseSession:
                     write(fd, pack_error(16, ENOTTY, unique))
                 except OSError:
                     pass
-                if polling:
-                    spin = self.poll_seconds
+                spin = self.poll_seconds
                 continue
             if opcode > MAX_OPCODE:
                 self.reply_error(unique, errno.ENOSYS)
@@ -199,12 +198,11 @@ class FuseSession:
             except Exception as exc:  # a bug in a handler must not end the session
                 log.exception("FUSE %s failed", P.OPCODE_NAMES.get(opcode, opcode))
                 self.reply_error(unique, errno_of(exc))
-            if polling:
-                spin = self.poll_seconds if self.cold_dispatched == dispatched else 0.0
+            spin = self.poll_seconds if self.cold_dispatched == dispatched else 0.0
 
     @staticmethod
-    def _read_polling(fd: int, bufs: list, spin: float, waiter: Any) -> int:
-        """readv on the non-blocking device: retried for `spin` seconds, then asleep in poll."""
+    def _read_polling(fd: int, bufs: list, spin: float, waiter: Any, wake: int) -> int:
+        """readv on the non-blocking device: retried for `spin` s, then asleep in poll; -1 if woken."""
         clock = time.perf_counter
         end = clock() + spin
         while True:
@@ -213,7 +211,8 @@ class FuseSession:
             except BlockingIOError:
                 pass
             if clock() >= end:
-                waiter.poll()  # returns at once with POLLERR once the connection is gone: readv says ENODEV
+                if any(ready == wake for ready, _ in waiter.poll()):  # POLLERR when ended: readv says ENODEV
+                    return -1
 
     # ------------------------------------------------------------------ replies
     def send(self, data: bytes) -> bool:
@@ -291,22 +290,24 @@ class FuseSession:
             result = await coro
         except asyncio.CancelledError:
             self.reply_error(unique, errno.EINTR)
-            return
         except Exception as exc:
             code = errno_of(exc)
             if isinstance(exc, (PailfsError, OSError)):
-                log.debug("FUSE %s: %s -> %s", P.OPCODE_NAMES.get(opcode), exc, errno.errorcode.get(code))
+                # EIO is the store failing under a reader: say why (the CSI plugin's log shows it)
+                log.log(logging.WARNING if code == errno.EIO else logging.DEBUG, "FUSE %s: %s -> %s",
+                        P.OPCODE_NAMES.get(opcode), exc, errno.errorcode.get(code))
             else:
                 log.error("FUSE %s failed", P.OPCODE_NAMES.get(opcode), exc_info=exc)
             self.reply_error(unique, code)
-            return
+        else:
+            try:
+                finish(unique, result)
+            except Exception:
+                log.exception("FUSE %s: cannot pack the reply", P.OPCODE_NAMES.get(opcode))
+                self.reply_error(unique, errno.EIO)
         finally:
             inflight.pop(unique, None)
-        try:
-            finish(unique, result)
-        except Exception:
-            log.exception("FUSE %s: cannot pack the reply", P.OPCODE_NAMES.get(opcode))
-            self.reply_error(unique, errno.EIO)
+            self.cold_done += 1
 
     # ------------------------------------------------------------------ table
     def _handler_table(self) -> list[Callable[[bytes, int, int], None]]:
@@ -584,6 +585,9 @@ class FuseSession:
             message = q.get()
             if message is None:
                 return
+            if isinstance(message, threading.Event):  # everything queued before it is written
+                message.set()
+                continue
             try:
                 os.write(self.fd, message)
             except OSError as exc:
