@@ -475,6 +475,7 @@ def test_checkpoint_restore_survives_a_cut_download(ck_bucket, proxy, results, s
 # ==================================================================================
 # kill -9 of SeaweedFS, then a restart on the same port
 # ==================================================================================
+@pytest.mark.mount
 def test_kill9_and_restart(tmp_path, monkeypatch, results):
     """One server, all four surfaces: kill -9 while they are live, then restart it.
 
