@@ -240,7 +240,7 @@ def test_restore_that_does_not_fit_the_directory_writes_nothing(url, s3_env, tmp
 def test_restore_rolls_back_when_a_move_fails(url, s3_env, tmp_path):
     """A move that fails half way (here: DEST changed after the check, a file now stands
     where the checkpoint needs a directory) puts back what was already replaced."""
-    from pailfs.checkpoint.checkpointer import _move_in
+    from pailfs.checkpoint.restore import _move_in
 
     staged = tmp_path / "staged"
     (staged / "x").mkdir(parents=True)

@@ -8,6 +8,9 @@ Checkpointer run their store on one, the benchmark's delay proxy too:
     future = loop.submit(coro)            # concurrent.futures.Future
     loop.stop()                           # idempotent; joins the thread, closes the loop
 
+`DaemonPool` is an executor of daemon threads for blocking file work that must
+go on while the interpreter exits.
+
 Below every layer (like config and errors): it knows nothing of pailfs.
 """
 
@@ -15,10 +18,27 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
 import threading
 from typing import Any, Awaitable, Coroutine, TypeVar
 
 T = TypeVar("T")
+
+
+async def gather_or_cancel(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run coros concurrently; the first failure cancels the others (and waits for
+    them to end) and is raised. Results in order."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:
+        return []
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+    if failed:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise failed[0].exception()  # type: ignore[misc]
+    return [t.result() for t in tasks]
 
 
 class LoopThread:
@@ -56,3 +76,44 @@ class LoopThread:
         self.thread.join(timeout)
         if not self.thread.is_alive():
             self.loop.close()
+
+
+class DaemonPool(concurrent.futures.Executor):
+    """Daemon worker threads for file reads and hashing.
+
+    Not a ThreadPoolExecutor: that one refuses work once interpreter exit has
+    begun, which is exactly when an unclosed Checkpointer still uploads the
+    last checkpoint; and close() must not have to join a stuck worker.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((fut, fn, args, kwargs))
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fut, fn, args, kwargs = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()

@@ -37,122 +37,29 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import hashlib
-import io
 import json
 import logging
 import os
-import queue
-import shutil
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Any, Coroutine, Mapping, TypeVar
 
+from pailfs.checkpoint.layout import delete_step, scan_steps
 from pailfs.checkpoint.manifest import (
-    MANIFEST_NAME, CheckpointInfo, FileEntry, check_name, manifest_key, step_of_key, step_prefix,
+    MANIFEST_NAME, CheckpointInfo, FileEntry, manifest_key, step_of_key, step_prefix,
 )
-from pailfs.checkpoint.snapshot import Snapshot, Source, StagedFile, Stager
+from pailfs.aio import DaemonPool, LoopThread
+from pailfs.checkpoint.restore import CheckpointReader
+from pailfs.checkpoint.snapshot import Snapshot, Source, Stager
+from pailfs.checkpoint.upload import CheckpointWriter
+from pailfs.checkpoint.state import STATE_NAMES, deserialize_state, serialize_state
 from pailfs.errors import CheckpointError, NotFound, PailfsError
 from pailfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Files up to this size are read once into memory, hashed and PUT from that buffer
-# (one read); larger ones go through store.put_file (multipart) while a thread
-# hashes the staged file, which is then still in the page cache.
-SMALL_FILE = 8 * 1024 * 1024
-# Ranged GET size when verifying or restoring; at most parallel_count in memory.
-CHUNK = 8 * 1024 * 1024
-CHUNK_WINDOW = 4  # ranged GETs in flight per file
-
-
-class _IOPool(concurrent.futures.Executor):
-    """Daemon worker threads for file reads and hashing.
-
-    Not a ThreadPoolExecutor: that one refuses work once interpreter exit has
-    begun, which is exactly when an unclosed Checkpointer still uploads the
-    last checkpoint; and close() must not have to join a stuck worker.
-    """
-
-    def __init__(self, workers: int, name: str) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
-                         for i in range(workers)]
-        for t in self._threads:
-            t.start()
-
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put((fut, fn, args, kwargs))
-        return fut
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            fut, fn, args, kwargs = item
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn(*args, **kwargs))
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
-        if wait:
-            for t in self._threads:
-                t.join()
-
-
-class _LoopThread:
-    """An asyncio loop running forever in a daemon thread, with its IO pool."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.pool = _IOPool(8, name + "-io")
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def io(self, fn, *args) -> asyncio.Future:
-        """Run a blocking function on the IO pool (call on the loop thread)."""
-        return self.loop.run_in_executor(self.pool, fn, *args)
-
-    def on_loop(self) -> bool:
-        return threading.current_thread() is self.thread
-
-    def stop(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
-        self.pool.shutdown(wait=False)
-
-
-@dataclass
-class _StepScan:
-    """What one LIST says about one step prefix."""
-
-    keys: list[str] = field(default_factory=list)
-    sizes: dict[str, int] = field(default_factory=dict)
-    committed: bool = False
-    newest: float = 0.0
 
 
 class Checkpointer:
@@ -205,15 +112,17 @@ class Checkpointer:
         self._cleaning: dict[int, asyncio.Event] = {}
         self._retention_lock: asyncio.Lock | None = None
         self._file_sem: asyncio.Semaphore | None = None
-        self._chunk_sem: asyncio.Semaphore | None = None
+        self._reader: CheckpointReader | None = None
+        self._writer: CheckpointWriter | None = None
 
         self._owns_store = store is None
-        self._loop = _LoopThread("pailfs-checkpointer")
+        self._loop = LoopThread("pailfs-checkpointer")
+        self._pool = DaemonPool(8, "pailfs-checkpointer-io")
         try:
             self.store: ObjectStore = self._loop.submit(
                 self._setup(url, options, store, parallel_count, overrides, check)).result()
         except BaseException:
-            self._loop.stop()
+            self._stop_threads()
             raise
         self.url = url or getattr(self.store, "url", "store")
         atexit.register(self._atexit)
@@ -221,7 +130,6 @@ class Checkpointer:
     async def _setup(self, url, options, store, parallel_count, overrides, check) -> ObjectStore:
         self._retention_lock = asyncio.Lock()
         self._file_sem = asyncio.Semaphore(parallel_count)
-        self._chunk_sem = asyncio.Semaphore(parallel_count)
         if store is None:
             from pailfs.store import open_store  # imported late: keeps `import pailfs` light
 
@@ -234,7 +142,17 @@ class Checkpointer:
                 if self._owns_store:
                     await store.close()
                 raise
+        self._reader = CheckpointReader(store, self._io, parallel_count)
+        self._writer = CheckpointWriter(store, self._io, parallel_count)
         return store
+
+    def _io(self, fn, *args) -> asyncio.Future:  # noqa: ANN001
+        """Run a blocking function on the IO pool (call on the loop thread)."""
+        return self._loop.loop.run_in_executor(self._pool, fn, *args)
+
+    def _stop_threads(self) -> None:
+        self._loop.stop()
+        self._pool.shutdown(wait=False)
 
     def __repr__(self) -> str:
         return f"Checkpointer({self.url!r}, max_to_keep={self.max_to_keep}, max_pending={self.max_pending})"
@@ -246,7 +164,7 @@ class Checkpointer:
             coro.close()
             raise CheckpointError("Checkpointer methods cannot be called from its own thread "
                                   "(e.g. inside a save() Future's done-callback)")
-        if self._loop.loop.is_closed():
+        if self._loop.closed:
             coro.close()
             raise CheckpointError("the Checkpointer is closed")
         return self._loop.submit(coro).result(timeout)
@@ -325,8 +243,8 @@ class Checkpointer:
             if cleaning is not None:
                 await cleaning.wait()
             await self._clear_step(step)
-            entries = await self._upload_files(step, snap)
-            await self._check_uploaded(step, entries)
+            entries = await self._writer.upload_files(step, snap)  # type: ignore[union-attr]
+            await self._writer.check_uploaded(step, entries)  # type: ignore[union-attr]
             await self._wait_earlier(step)
             info = CheckpointInfo(step, time.time(), entries, metadata)
             await self.store.put(manifest_key(step), info.to_json())
@@ -342,7 +260,7 @@ class Checkpointer:
             done.set()
             self._events.pop(step, None)
             self._active.discard(step)
-            await self._loop.io(snap.discard)
+            await self._io(snap.discard)
         elapsed = time.monotonic() - t0
         log.info("checkpoint step %d committed: %d files, %d bytes in %.2fs (%.1f MB/s)", step,
                  len(entries), info.size, elapsed, info.size / max(elapsed, 1e-9) / 1e6)
@@ -361,61 +279,6 @@ class Checkpointer:
             await self.store.delete(mkey)
         await self.store.delete_many([k for k in keys if k != mkey])
 
-    async def _upload_files(self, step: int, snap: Snapshot) -> tuple[FileEntry, ...]:
-        async def one(item: StagedFile) -> FileEntry:
-            assert self._file_sem is not None
-            async with self._file_sem:
-                return await self._upload_one(step_prefix(step) + item.name, item)
-
-        tasks = [asyncio.ensure_future(one(item)) for item in snap.files]
-        if not tasks:
-            return ()
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
-        if failed:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise failed[0].exception()  # type: ignore[misc]
-        return tuple(t.result() for t in tasks)
-
-    async def _upload_one(self, key: str, item: StagedFile) -> FileEntry:
-        if item.data is not None:
-            digest = (hashlib.sha256(item.data).hexdigest() if item.size <= 1 << 20
-                      else await self._loop.io(_sha256_bytes, item.data))
-            await self.store.put(key, item.data)
-            return FileEntry(item.name, item.size, digest)
-        assert item.path is not None
-        if item.size <= SMALL_FILE:
-            data = await self._loop.io(_read, item.path)
-            digest = hashlib.sha256(data).hexdigest()
-            size = len(data)
-            await self.store.put(key, data)
-        else:
-            hashing = self._loop.io(_sha256_file, item.path)
-            try:
-                await self.store.put_file(key, item.path)
-            except BaseException:
-                hashing.cancel()
-                raise
-            digest, size = await hashing
-        if size != item.size or await self._loop.io(item.changed):
-            raise CheckpointError(
-                f"{item.name} changed while it was being uploaded: it was rewritten in place after "
-                "save() returned (write new files, or use Checkpointer(snapshot='copy'))")
-        return FileEntry(item.name, item.size, digest)
-
-    async def _check_uploaded(self, step: int, entries: tuple[FileEntry, ...]) -> None:
-        """The manifest must never name a missing object: LIST the step and compare sizes."""
-        prefix = step_prefix(step)
-        listing = await self.store.list(prefix)
-        sizes = {o.key[len(prefix):]: o.size for o in listing.objects}
-        for e in entries:
-            if sizes.get(e.name) != e.size:
-                got = "missing" if e.name not in sizes else f"{sizes[e.name]} bytes"
-                raise CheckpointError(f"checkpoint step {step}: {e.name} is {got} in the store "
-                                      f"after upload (expected {e.size} bytes)")
-
     async def _wait_earlier(self, step: int) -> None:
         while True:
             earlier = [ev for s, ev in self._events.items() if s < step and not ev.is_set()]
@@ -433,31 +296,6 @@ class Checkpointer:
             log.debug("could not remove partial checkpoint step %d: %s", step, exc)
 
     # --- scanning, retention, cleanup -----------------------------------------
-    async def _scan(self) -> dict[int, _StepScan]:
-        """One LIST of everything under the prefix, grouped by step."""
-        steps: dict[int, _StepScan] = {}
-        async for page in self.store.list_pages(""):
-            for obj in page.objects:
-                step = step_of_key(obj.key)
-                if step is None:
-                    continue
-                s = steps.setdefault(step, _StepScan())
-                s.keys.append(obj.key)
-                s.sizes[obj.key] = obj.size
-                s.newest = max(s.newest, obj.mtime)
-                if obj.key == manifest_key(step):
-                    s.committed = True
-        return steps
-
-    async def _delete_step(self, step: int, keys: list[str] | None = None) -> None:
-        """Manifest first, so a half-deleted checkpoint is never visible."""
-        await self.store.delete(manifest_key(step))
-        if keys is None:
-            keys = [o.key for o in (await self.store.list(step_prefix(step))).objects]
-        rest = [k for k in keys if k != manifest_key(step)]
-        if rest:
-            await self.store.delete_many(rest)
-
     async def _retain(self, just_committed: int) -> None:
         if not self.max_to_keep:
             return
@@ -469,20 +307,20 @@ class Checkpointer:
     async def _prune(self, keep: int, protect: int | None = None) -> list[int]:
         assert self._retention_lock is not None
         async with self._retention_lock:
-            scan = await self._scan()
+            scan = await scan_steps(self.store)
             committed = sorted(s for s, v in scan.items() if v.committed)
             kept = set(committed[-keep:]) if keep else set(committed)
             if protect is not None:
                 kept.add(protect)
             doomed = [s for s in committed if s not in kept and s not in self._active]
             for step in doomed:  # oldest first
-                await self._delete_step(step, scan[step].keys)
+                await delete_step(self.store, step, scan[step].keys)
                 log.info("checkpoint step %d deleted (max_to_keep=%d)", step, keep)
             return doomed
 
     async def _cleanup(self, grace_period: float) -> list[int]:
         """Remove uncommitted step prefixes whose newest object is older than grace_period."""
-        scan = await self._scan()
+        scan = await scan_steps(self.store)
         now = time.time()
         removed = []
         for step, s in sorted(scan.items()):
@@ -543,7 +381,7 @@ class Checkpointer:
         return None
 
     async def _list(self) -> list[CheckpointInfo]:
-        scan = await self._scan()
+        scan = await scan_steps(self.store)
         steps = sorted(s for s, v in scan.items() if v.committed)
         assert self._file_sem is not None
 
@@ -558,137 +396,20 @@ class Checkpointer:
         infos = await asyncio.gather(*(one(s) for s in steps))
         return [i for i in infos if i is not None]
 
-    async def _fetch(self, step: int, entry: FileEntry, out: Path | None) -> bytes | None:
-        """Download one file (to `out`, or into memory), checking its size and sha256."""
-        key = step_prefix(step) + entry.name
-        h = hashlib.sha256()
-        total = 0
-        parts: list[bytes] = []
-        sink = open(out, "wb") if out is not None else None
-        assert self._chunk_sem is not None
-        sem = self._chunk_sem  # bounds the chunks held in memory across all files
-        # one byte past the expected size is asked for, so a longer object shows
-        if entry.size < CHUNK:
-            ranges: list[tuple[int | None, int | None]] = [(None, None)]
-        else:
-            ranges = [(off, min(off + CHUNK, entry.size + 1)) for off in range(0, entry.size + 1, CHUNK)]
-        tasks: list[asyncio.Future] = []
-        released = 0  # tasks[:released] have given their slot back
-        try:
-            try:
-                for i in range(len(ranges)):
-                    while len(tasks) < len(ranges) and len(tasks) < i + CHUNK_WINDOW:
-                        await sem.acquire()
-                        tasks.append(asyncio.ensure_future(self.store.get(key, *ranges[len(tasks)])))
-                    try:
-                        data = await tasks[i]
-                        total += len(data)
-                        await self._loop.io(_consume, h, data, sink)
-                        if sink is None:
-                            parts.append(data)
-                    finally:
-                        sem.release()
-                        released = i + 1
-            except BaseException:
-                for t in tasks[released:]:
-                    t.cancel()
-                    sem.release()
-                await asyncio.gather(*tasks[released:], return_exceptions=True)
-                raise
-        except NotFound:
-            raise CheckpointError(f"checkpoint step {step} is damaged: {entry.name} is missing from the store") from None
-        finally:
-            if sink is not None:
-                sink.close()
-        if total != entry.size:
-            raise CheckpointError(f"checkpoint step {step} is damaged: {entry.name} is {total} bytes "
-                                  f"in the store, the manifest says {entry.size}")
-        if h.hexdigest() != entry.sha256:
-            raise CheckpointError(f"checkpoint step {step} is damaged: {entry.name} fails its sha256 check "
-                                  f"(manifest {entry.sha256[:12]}..., store {h.hexdigest()[:12]}...)")
-        return b"".join(parts) if sink is None else None
-
-    async def _check_sizes(self, info: CheckpointInfo) -> None:
-        """The manifest is untrusted: before anything is planned or written, each file
-        must exist in the store with the size the manifest claims (one LIST)."""
-        prefix = step_prefix(info.step)
-        stored = {o.key[len(prefix):]: o.size for o in (await self.store.list(prefix)).objects}
-        for entry in info.files:
-            size = stored.get(entry.name)
-            if size is None:
-                raise CheckpointError(f"checkpoint step {info.step} is damaged: {entry.name} is missing from the store")
-            if size != entry.size:
-                raise CheckpointError(f"checkpoint step {info.step} is damaged: {entry.name} is {size} bytes "
-                                      f"in the store, the manifest says {entry.size}")
-
-    async def _fetch_all(self, info: CheckpointInfo, root: Path | None) -> None:
-        """Download and check every file (into `root`, or only check them)."""
-        assert self._file_sem is not None
-        sem = self._file_sem
-        await self._check_sizes(info)
-
-        async def one(entry: FileEntry) -> None:
-            async with sem:
-                out = None
-                if root is not None:
-                    out = root / check_name(entry.name)
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                await self._fetch(info.step, entry, out)
-
-        tasks = [asyncio.ensure_future(one(e)) for e in info.files]
-        if not tasks:
-            return
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
-        if failed:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise failed[0].exception()  # type: ignore[misc]
-
     async def _restore(self, dest: Path, step: int | None) -> CheckpointInfo:
-        """All or nothing: every file is downloaded and verified into a temporary
-        directory beside `dest` first; then the directory becomes `dest`, or (dest
-        exists) the files are moved in, and put back as they were if a move fails.
-        A checkpoint that does not fit `dest` (a file where a directory is, or the
-        reverse) is refused before anything is written."""
-        info = await self._manifest(step)
-        existing = _check_restore_target(dest, info)
-        try:
-            base = dest if existing else dest.parent
-            base.mkdir(parents=True, exist_ok=True)
-            tmp = base / f".pailfs-restore-{uuid.uuid4().hex[:12]}"
-            # not mkdtemp: the new tree may become dest, so it keeps the umask's mode
-            tmp.mkdir()
-        except OSError as exc:
-            raise CheckpointError(f"cannot restore into {dest}: {_os_reason(exc)}") from None
-        try:
-            staged = tmp / "files"
-            staged.mkdir()
-            await self._fetch_all(info, staged)
-            if existing:
-                await self._loop.io(_move_in, staged, dest, [e.name for e in info.files], tmp / "replaced")
-            else:
-                os.rename(staged, dest)
-        except OSError as exc:
-            raise CheckpointError(f"cannot restore into {dest} (nothing was changed): {_os_reason(exc)}") from None
-        finally:
-            await self._loop.io(shutil.rmtree, tmp, True)  # ours: made above with a new name
-        log.info("restored checkpoint step %d (%d files, %d bytes) into %s",
-                 info.step, len(info.files), info.size, dest)
-        return info
+        return await self._reader.restore(dest, await self._manifest(step))  # type: ignore[union-attr]
 
     async def _verify(self, step: int | None) -> CheckpointInfo:
         info = await self._manifest(step)
-        await self._fetch_all(info, None)
+        await self._reader.fetch_all(info, None)  # type: ignore[union-attr]
         return info
 
     async def _read(self, name: str, step: int | None) -> bytes:
         info = await self._manifest(step)
         for entry in info.files:
             if entry.name == name:
-                await self._check_sizes(CheckpointInfo(info.step, info.time, (entry,)))
-                data = await self._fetch(info.step, entry, None)
+                await self._reader.check_sizes(CheckpointInfo(info.step, info.time, (entry,)))  # type: ignore[union-attr]
+                data = await self._reader.fetch(info.step, entry, None)  # type: ignore[union-attr]
                 assert data is not None
                 return data
         raise CheckpointError(f"checkpoint step {info.step} has no file {name!r}")
@@ -699,7 +420,7 @@ class Checkpointer:
         keys = [o.key for o in (await self.store.list(step_prefix(step))).objects]
         if not keys:
             raise CheckpointError(f"no checkpoint at step {step} under {self.url}")
-        await self._delete_step(step, keys)
+        await delete_step(self.store, step, keys)
 
     # --- public reads and maintenance ------------------------------------------
     def list(self) -> list[CheckpointInfo]:
@@ -765,7 +486,7 @@ class Checkpointer:
         with torch.save as `state.pt`; a flat mapping of names to numpy arrays (no torch
         needed) as `state.npz`. Nothing is written to local disk, so nothing can be
         rewritten in place while it uploads."""
-        data, default_name = _serialize_state(state_dict)
+        data, default_name = serialize_state(state_dict)
         return self.save(step, {name or default_name: data}, metadata)
 
     def load_state(self, step: int | None = None, name: str | None = None, map_location: Any = None) -> Any:
@@ -775,14 +496,7 @@ class Checkpointer:
         if name is None:
             names = {f.name for f in self.info(step).files}
             name = next((n for n in STATE_NAMES if n in names), STATE_NAMES[0])
-        data = self.read(name, step)
-        if name.endswith(".npz"):
-            import numpy as np
-
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                return {key: npz[key] for key in npz.files}
-        torch = _torch()
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        return deserialize_state(name, self.read(name, step), map_location)
 
     # --- waiting and closing -------------------------------------------------------
     def _inflight(self) -> list[concurrent.futures.Future]:
@@ -841,7 +555,7 @@ class Checkpointer:
                 self._loop.submit(self._shutdown()).result(30)
             except Exception as exc:
                 log.debug("checkpointer shutdown: %s", exc)
-            self._loop.stop()
+            self._stop_threads()
             with self._snap_lock:
                 self._stager.close()
         if problems:
@@ -877,150 +591,6 @@ class Checkpointer:
             self.close()
         except PailfsError as err:  # don't hide the exception that is already propagating
             log.error("while closing after an error: %s", err)
-
-
-# --- helpers running in worker threads ------------------------------------------
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(1 << 20)
-            if not block:
-                return h.hexdigest(), size
-            h.update(block)
-            size += len(block)
-
-
-def _consume(h: "hashlib._Hash", data: bytes, sink: io.BufferedWriter | None) -> None:
-    h.update(data)
-    if sink is not None:
-        sink.write(data)
-
-
-def _os_reason(exc: OSError) -> str:
-    return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
-
-
-def _check_restore_target(dest: Path, info: CheckpointInfo) -> bool:
-    """Refuse (CheckpointError) a restore that would have to replace a directory by a
-    file or a file by a directory, or write through a symbolic link. Returns whether
-    dest exists."""
-    try:
-        st = dest.stat()
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise CheckpointError(f"cannot restore into {dest}: {_os_reason(exc)}") from None
-    if not S_ISDIR(st.st_mode):
-        raise CheckpointError(f"restore destination exists and is not a directory: {dest}")
-    for entry in info.files:
-        parts = entry.name.split("/")
-        path = dest
-        for i, part in enumerate(parts):
-            path = path / part
-            try:
-                mode = path.lstat().st_mode
-            except FileNotFoundError:
-                break
-            except OSError as exc:
-                raise CheckpointError(f"cannot restore into {dest}: {_os_reason(exc)}") from None
-            last = i == len(parts) - 1
-            where = "/".join(parts[:i + 1])
-            if S_ISLNK(mode) and not last:
-                problem = f"{where} is a symbolic link (restore does not write through links)"
-            elif last and S_ISDIR(mode):
-                problem = f"{where} is a directory, the checkpoint has a file of that name"
-            elif last and not (S_ISREG(mode) or S_ISLNK(mode)):
-                problem = f"{where} is not a regular file"
-            elif not last and not S_ISDIR(mode):
-                problem = f"{where} is a file, the checkpoint needs a directory of that name"
-            else:
-                continue
-            raise CheckpointError(f"cannot restore step {info.step} into {dest}: {problem}; nothing was written")
-    return True
-
-
-def _move_in(staged: Path, dest: Path, names: list[str], replaced: Path) -> None:
-    """Move verified files into an existing dest; on a failure put everything back
-    (the replaced files were hard-linked aside first) and re-raise."""
-    replaced.mkdir()
-    done: list[tuple[Path, Path | None, list[Path]]] = []  # (target, old file kept aside, dirs made)
-    try:
-        for i, name in enumerate(names):
-            target = dest / name
-            made = []
-            for parent in reversed(target.relative_to(dest).parents[:-1]):
-                d = dest / parent
-                if not d.exists():
-                    d.mkdir()
-                    made.append(d)
-            kept = None
-            if os.path.lexists(target):
-                kept = replaced / str(i)
-                try:
-                    os.link(target, kept, follow_symlinks=False)
-                except OSError:
-                    os.rename(target, kept)  # no hard links here: a moment without the file
-            done.append((target, kept, made))
-            os.replace(staged / name, target)
-    except BaseException:
-        for target, kept, made in reversed(done):
-            try:
-                if kept is not None:
-                    os.replace(kept, target)
-                elif os.path.lexists(target):
-                    os.unlink(target)
-                for d in reversed(made):
-                    d.rmdir()
-            except OSError as exc:
-                log.error("restore: could not put %s back: %s", target, exc)
-        raise
-
-
-STATE_NAMES = ("state.pt", "state.npz")  # what save_state writes (torch, numpy)
-
-
-def _serialize_state(state_dict: Any) -> tuple[bytes, str]:
-    """(bytes, file name) of a state dict: npz for a flat mapping of numpy arrays,
-    torch.save for anything else."""
-    buf = io.BytesIO()
-    if _numpy_only(state_dict):
-        import numpy as np
-
-        np.savez(buf, **{key: np.asarray(value) for key, value in state_dict.items()})
-        return buf.getvalue(), "state.npz"
-    torch = _torch()
-    torch.save(state_dict, buf)
-    return buf.getvalue(), "state.pt"
-
-
-def _numpy_only(state_dict: Any) -> bool:
-    if not isinstance(state_dict, Mapping) or not state_dict:
-        return False
-    try:
-        import numpy as np
-    except ImportError:
-        return False
-    return all(isinstance(k, str) and isinstance(v, (np.ndarray, np.generic)) for k, v in state_dict.items())
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError("this state dict needs PyTorch (pip install torch); without it, save_state "
-                              "takes a flat mapping of names to numpy arrays") from None
-    return torch
 
 
 __all__ = ["Checkpointer", "CheckpointInfo", "FileEntry", "MANIFEST_NAME"]
