@@ -63,7 +63,10 @@ def manifests(
     from pailfs.store.url import check_bucket
 
     check_bucket(bucket, f"s3://{bucket}")  # bad input is one line here, not a Pod that never mounts
-    parse_endpoint(url)
+    try:
+        parse_endpoint(url)
+    except BadOption as exc:
+        raise BadOption(f"--url: {exc}") from None
     try:
         argv = shlex.split(command) if command else []
     except ValueError as exc:
