@@ -187,3 +187,54 @@ def test_failed_upload_gives_eio_and_leaves_the_bucket_unchanged(private_server,
         assert time.monotonic() - started < 30
     restart(state, tmp_path)
     assert get_object_after_restart(url, "model.bin") == b"old content"
+
+
+# --- issue 20.1: the mount's own overwrite is what it reads back ------------------------
+def _pattern(seed: int, size: int) -> bytes:
+    block = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+def _drop_page_cache() -> None:
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+@pytest.mark.parametrize("size", [1000, 3 * 1024 * 1024, 40 * 1024 * 1024], ids=["1KB", "3MiB", "40MiB"])
+def test_overwrite_in_place_reads_back_the_new_bytes(bucket, s3_env, tmp_path, size):
+    """Write A, read it, overwrite the same path with B of the same size, read it back
+    through the same mount: B, also after the page cache is dropped (default options)."""
+    url = f"s3://{bucket}"
+    old, new = _pattern(1, size), _pattern(2, size)
+    with mounted(bucket, tmp_path / "mnt") as mnt:
+        path = mnt / "model.pt"
+        path.write_bytes(old)
+        assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(old).digest()
+        with open(path, "wb") as f:
+            f.write(new)
+        assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(new).digest()
+        _drop_page_cache()
+        assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(new).digest()
+        assert hashlib.sha256(get_object(url, "model.pt")).digest() == hashlib.sha256(new).digest()
+
+
+def test_partial_overwrite_in_the_middle_reads_back_the_new_bytes(bucket, s3_env, tmp_path):
+    size = 40 * 1024 * 1024
+    old = _pattern(3, size)
+    patch = _pattern(4, 5 * 1024 * 1024 + 123)
+    at = 17 * 1024 * 1024 + 7
+    want = old[:at] + patch + old[at + len(patch):]
+    with mounted(bucket, tmp_path / "mnt") as mnt:
+        path = mnt / "big.bin"
+        path.write_bytes(old)
+        with open(path, "rb") as f:  # the read path caches it (readahead buffers)
+            while f.read(1 << 20):
+                pass
+        with open(path, "r+b") as f:
+            f.seek(at)
+            f.write(patch)
+        for _ in range(2):
+            got = path.read_bytes()
+            assert len(got) == size and got[at - 10:at + len(patch) + 10] == want[at - 10:at + len(patch) + 10]
+            assert hashlib.sha256(got).digest() == hashlib.sha256(want).digest()
+            _drop_page_cache()
