@@ -121,7 +121,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_multireq", _pos_int, 20, "Concurrent metadata requests (HEAD/LIST); must be >= parallel_count.", unit="N"),
     Option("max_stat_cache_size", _nonneg_int, 1000, "Metadata entries cached (LRU); 0 disables the stat cache: every lookup asks the store.", unit="N"),
     Option("stat_cache_expire", _expire, 900, "Seconds a cached entry is trusted; -1 = forever.", unit="SECONDS"),
-    Option("enable_noobj_cache", _parse_bool, True, "Cache 'no such object' answers (negative cache) like other entries.", kind="flag"),
+    Option("enable_noobj_cache", _parse_bool, True, "Cache 'no such object' answers (negative cache) like other entries "
+           "(read-only mounts without check_missing only).", kind="flag"),
+    Option("check_missing", _parse_bool, False, "Read-only mounts: a name missing from a cached listing is checked with the store "
+           "(HEAD, then LIST) before ENOENT, so objects added by others show at once. Always so on read-write mounts.", kind="flag"),
     Option("uid", _parse_id, None, "Owner uid shown for every file (default: the mounting user).", unit="UID"),
     Option("gid", _parse_id, None, "Owner gid shown for every file (default: the mounting user's group).", unit="GID"),
     Option("umask", _parse_octal, None, "Files and dirs show 0777 & ~umask; unset: 0640 files, 0750 dirs (ossfs).", aliases=("mask",), unit="OCTAL"),

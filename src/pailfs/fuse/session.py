@@ -103,8 +103,14 @@ def _split_time(t: float) -> tuple[int, int]:
 
 
 def attr_values(a: Any) -> tuple:
-    """The 16 fields of fuse_attr for an Attr (times default to mtime)."""
+    """The 16 fields of fuse_attr for an Attr (times default to mtime; `times_ns`,
+    when not None, gives all three exactly: read-write inodes)."""
     size = a.size
+    exact = a.times_ns
+    if exact is not None:
+        as_, ans, ms, mns, cs, cns = exact
+        return (a.ino, size, (size + 511) >> 9, as_, ms, cs, ans, mns, cns,
+                a.mode, a.nlink, a.uid, a.gid, 0, BLKSIZE, 0)
     m = a.mtime
     ms = math.floor(m)
     mns = int((m - ms) * 1e9)
@@ -617,7 +623,9 @@ class FuseSession:
         self._send(b"".join(out))
 
     def _opendir(self, req: bytes, unique: int, nodeid: int) -> None:
-        # rw mounts: a handle-less open with no cache flags (listings may change)
+        # rw mounts: a handle-less open with no cache flags (listings may change); the
+        # fs lists the directory afresh for this open (other clients' changes show)
+        self.fs.opendir(nodeid)
         self._send(P.OPEN_REPLY.pack(32, 0, unique, 0, 0, 0))
 
     def _statfs(self, req: bytes, unique: int, nodeid: int) -> None:
@@ -702,13 +710,17 @@ class FuseSession:
             changes.size = size
         now = None
         if valid & P.FATTR_ATIME_NOW:
-            changes.atime = now = time.time()
+            changes.atime_ns = now = time.time_ns()
         elif valid & P.FATTR_ATIME:
-            changes.atime = atime + atimensec / 1e9
+            changes.atime_ns = atime * _NS + atimensec
         if valid & P.FATTR_MTIME_NOW:
-            changes.mtime = now if now is not None else time.time()
+            changes.mtime_ns = now if now is not None else time.time_ns()
         elif valid & P.FATTR_MTIME:
-            changes.mtime = mtime + mtimensec / 1e9
+            changes.mtime_ns = mtime * _NS + mtimensec
+        if changes.atime_ns is not None:
+            changes.atime = changes.atime_ns / _NS
+        if changes.mtime_ns is not None:
+            changes.mtime = changes.mtime_ns / _NS
         handle = fh if valid & P.FATTR_FH else None
         self._cold(unique, P.SETATTR, self.fs.setattr(nodeid, handle, changes), self._reply_attr)
 
