@@ -41,7 +41,10 @@ Concurrency invariants
   every cold task strongly referenced.
 * Invalidation notifications are written from the notifier thread, never from a
   reader or the loop: a notification may wait for a page lock held by a
-  request whose reply the reader or loop has yet to send.
+  request whose reply the reader or loop has yet to send. An OPEN reply is
+  written after the notifications queued before it (through the same queue
+  while any are pending): an open that found the object changed must not be
+  served from the pages or the size the kernel held.
 * The hot path allocates the reply and nothing else: no logging, no exceptions
   on cache hits, one list lookup for the handler.
 """
@@ -162,6 +165,7 @@ class FuseSession:
         self._running = 0
         self._lock = threading.Lock()
         self._notify_q: queue.SimpleQueue | None = None
+        self._notes_pending = 0  # notifications queued, not yet written (under _lock)
         self._handlers: list[Callable[[bytes, int, int], None]] = self._handler_table()
 
     # ------------------------------------------------------------------ running
@@ -637,8 +641,12 @@ class FuseSession:
         open_flags = P.FOPEN_KEEP_CACHE if self.keep_cache else 0
 
         def reply(u: int, fh: int) -> None:
-            if not self._send(P.OPEN_REPLY.pack(32, 0, u, fh, open_flags, 0)):
-                self.loop.create_task(self._release_quietly(nodeid, fh))
+            # after the invalidations open() queued (close-to-open: an object that changed
+            # must not be read from pages or a size the kernel still holds)
+            self._send_after_notifications(
+                P.OPEN_REPLY.pack(32, 0, u, fh, open_flags, 0),
+                lambda: self.loop.call_soon_threadsafe(
+                    lambda: self.loop.create_task(self._release_quietly(nodeid, fh))))
 
         self._cold(unique, P.OPEN, self.fs.open(nodeid, flags), reply)
 
@@ -858,18 +866,36 @@ class FuseSession:
             if self._notify_q is None:
                 self._notify_q = queue.SimpleQueue()
                 threading.Thread(target=self._notifier, name="pailfs-fuse-notify", daemon=True).start()
-        self._notify_q.put(message)
+            self._notes_pending += 1
+            self._notify_q.put((message, None))
+
+    def _send_after_notifications(self, reply: bytes, failed: Callable[[], None]) -> None:
+        """Send a reply now, or, while notifications are queued, behind them from the
+        notifier thread (which alone may block on the kernel's page locks)."""
+        with self._lock:
+            if self._notes_pending and self._notify_q is not None:
+                self._notes_pending += 1
+                self._notify_q.put((reply, failed))
+                return
+        if not self._send(reply):
+            failed()
 
     def _notifier(self) -> None:
         q = self._notify_q
         assert q is not None
         while True:
-            message = q.get()
-            if message is None:
+            item = q.get()
+            if item is None:
                 return
+            message, failed = item
             try:
                 os.write(self.fd, message)
             except OSError as exc:
+                if failed is not None:
+                    failed()  # a queued reply the kernel no longer waits for
                 # ENOENT: the kernel does not know that inode/entry (nothing to drop)
-                if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR):
+                elif exc.errno not in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR):
                     log.warning("FUSE notification failed: %s", exc)
+            finally:
+                with self._lock:
+                    self._notes_pending -= 1
