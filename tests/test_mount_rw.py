@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from mounts import get_object, get_object_after_restart, list_keys, mount_stats, mounted, put_objects
+from mounts import (get_object, get_object_after_restart, list_keys, mount_stats, mounted, put_objects,
+                    uploads_in_progress, wait_for)
 
 RW = "stat_cache_expire=60"
 
@@ -330,39 +331,6 @@ STREAMING = "stat_cache_expire=60,max_dirty_data=5,multipart_size=5"
 MiB = 1024 * 1024
 
 
-def uploads_in_progress(url: str, bucket: str, key: str) -> dict[str, int]:
-    """upload id -> parts uploaded so far, of the multipart uploads of key (S3 API)."""
-    import re
-
-    from pailfs.store import open_store
-
-    async def run() -> dict[str, int]:
-        store = open_store(url)
-        try:
-            listing = await store.api.request("GET", bucket, query={"uploads": ""})
-            ids = [m for k, m in re.findall(r"<Key>([^<]*)</Key>\s*<UploadId>([^<]*)</UploadId>", listing.text)
-                   if k == key]
-            out = {}
-            for upload_id in ids:
-                parts = await store.api.request("GET", bucket, key, query={"uploadId": upload_id})
-                out[upload_id] = parts.text.count("<Part>")
-            return out
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
-def wait_for(what, deadline_s: float = 60.0):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = what()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.1)
-
-
 def test_long_write_streams_parts_and_stays_invisible_until_close(bucket, s3_env, tmp_path):
     url = f"s3://{bucket}"
     old, new = _pattern(20, 3000), _pattern(21, 22 * MiB + 17)
@@ -403,7 +371,7 @@ def test_kill_9_mid_stream_keeps_the_old_object(bucket, s3_env, tmp_path):
     staging = tmp_path / "staging"
     with mounted(bucket, tmp_path / "w", f"{STREAMING},staging_dir={staging}") as mnt:
         fd = os.open(mnt / "model.bin", os.O_WRONLY | os.O_TRUNC)
-        for off in range(0, 14 * MiB, MiB):
+        for _ in range(14):
             os.write(fd, _pattern(31, MiB))
         wait_for(lambda: any(n >= 1 for n in uploads_in_progress(url, bucket, "model.bin").values()))
         (daemon,) = pids_with_argument(str(mnt), words=("mount", "-f"))

@@ -39,7 +39,7 @@ def build_tree(root: Path, dirs: int = 24, files_per_dir: int = 3, xattrs: bool 
             if xattrs and j == 0:
                 os.setxattr(f, "user.origin", f"file {i}/{j}".encode())
             os.utime(f, ns=(BASE_NS + i * 10**9 + j, BASE_NS + i * 10**9 + 123_456_789 + j))
-        os.symlink(f"file0.txt", d / "link")
+        os.symlink("file0.txt", d / "link")
         os.utime(d / "link", ns=(BASE_NS, BASE_NS + 5), follow_symlinks=False)
     for n, d in enumerate(reversed(made)):
         os.chmod(d, (0o755, 0o750, 0o700)[n % 3])
