@@ -423,3 +423,35 @@ def test_hard_links_are_not_supported(fresh):
             os.link(mnt / "f", mnt / "g")
         assert info.value.errno == errno.EOPNOTSUPP
         assert not (mnt / "g").exists()
+
+
+def test_unlinked_file_open_for_reading(fresh):
+    """A small object is read whole at the first read, so it stays readable; the bytes of
+    a large one that were not read yet are gone with the object (documented)."""
+    small, large = os.urandom(200_000), os.urandom(48 * 1024 * 1024)
+    with fresh() as mnt:
+        (mnt / "small").write_bytes(small)
+        (mnt / "large").write_bytes(large)
+    with fresh() as mnt:
+        with open(mnt / "small", "rb", buffering=0) as s, open(mnt / "large", "rb", buffering=0) as big:
+            assert s.read(10) == small[:10] and big.read(10) == large[:10]
+            os.unlink(mnt / "small")
+            os.unlink(mnt / "large")
+            assert s.read() == small[10:]
+            big.seek(40 * 1024 * 1024)  # far beyond what the first read fetched ahead
+            with pytest.raises(OSError) as info:
+                big.read()
+            assert info.value.errno == errno.ENOENT
+    assert list_keys(fresh.url) == []
+
+
+def test_rename_exchange_is_not_supported(fresh):
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    with fresh() as mnt:
+        (mnt / "a").write_bytes(b"a")
+        (mnt / "b").write_bytes(b"b")
+        rc = libc.renameat2(-100, bytes(mnt / "a"), -100, bytes(mnt / "b"), 2)  # AT_FDCWD, RENAME_EXCHANGE
+        assert rc == -1 and ctypes.get_errno() == errno.EOPNOTSUPP
+        assert (mnt / "a").read_bytes() == b"a" and (mnt / "b").read_bytes() == b"b"

@@ -58,6 +58,7 @@ MIN_PART = 5 * MiB      # S3: every part but the last is at least 5 MiB
 MAX_PARTS = 10_000      # S3: parts in one upload
 MAX_COPY = 5 * 1024 * MiB  # S3: largest object one CopyObject may write
 PARTS_IN_FLIGHT = 4     # parts of one streamed file being sent at once (each held in memory)
+PARTS_AT_CLOSE = 8      # ... once close() waits for the rest
 
 
 @dataclass
@@ -393,7 +394,8 @@ class WriteBack:
             raise stream.error
         total = -(-st.size // stream.part_size)
         missing = [n for n in range(1, total + 1) if n not in stream.done]
-        sem = asyncio.Semaphore(PARTS_IN_FLIGHT)
+        # the writer waits now: send the rest as wide as a whole-file upload would (bounded)
+        sem = asyncio.Semaphore(max(PARTS_IN_FLIGHT, min(self.options.parallel_count, PARTS_AT_CLOSE)))
 
         async def send(n: int) -> None:
             async with sem:
