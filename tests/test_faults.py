@@ -790,3 +790,30 @@ def test_failed_upload_then_stat_shows_the_bucket(private_server, tmp_path, resu
     results.record("rw mount", "server stopped during a 100 MiB write", "EIO; stat shows the bucket", 1, 0, elapsed,
                    "close() EIO, staged data kept; after the restart stat/ls/read show the old object, "
                    "the never-uploaded file is gone")
+
+
+def test_metadata_change_that_cannot_be_stored_is_undone(seaweed, proxy, bucket, s3_env, tmp_path, results):
+    """chmod/utime/setxattr whose copy onto itself fails: EIO, and the mount shows what
+    the bucket holds (never EIO with a changed result)."""
+    url = f"s3://{bucket}"
+    with mounted(bucket, tmp_path / "mnt", "stat_cache_expire=60," + TIMEOUTS, env=proxy_env(seaweed, proxy)) as mnt:
+        (mnt / "f").write_bytes(b"data")
+        os.mkdir(mnt / "d")
+        before = {n: os.stat(mnt / n) for n in ("f", "d")}
+        proxy.error(503, "SlowDown", times=None, match=PUT)  # a copy is a PUT, so is a metadata object
+        started = time.monotonic()
+        for call in (lambda: os.chmod(mnt / "f", 0o600), lambda: os.utime(mnt / "f", (1, 1)),
+                     lambda: os.setxattr(mnt / "f", "user.k", b"v"), lambda: os.chmod(mnt / "d", 0o700)):
+            with pytest.raises(OSError) as info:
+                call()
+            assert info.value.errno == errno.EIO
+        elapsed = time.monotonic() - started
+        injected = proxy.fired
+        proxy.passthrough()
+        for name, st in before.items():
+            again = os.stat(mnt / name)
+            assert (again.st_mode, again.st_mtime_ns, again.st_ctime_ns) == (st.st_mode, st.st_mtime_ns, st.st_ctime_ns)
+        assert os.listxattr(mnt / "f") == []
+        assert get_object(url, "f") == b"data"
+    results.record("rw mount", "chmod/utime/setxattr while every PUT fails", "EIO, nothing changed", injected, 0,
+                   elapsed, "EIO; stat and listxattr show the unchanged inode")

@@ -355,11 +355,24 @@ def test_long_write_streams_parts_and_stays_invisible_until_close(bucket, s3_env
             os.close(fd)
         want = new[:5] + b"REWRITTEN" + new[14:]
         assert hashlib.sha256(get_object(url, "model.bin")).digest() == hashlib.sha256(want).digest()
+        # its times were fixed when the upload began; a copy onto itself stored the last ones
+        stored = asyncio.run(_head(url, "model.bin")).metadata["mtime"]
+        assert stored == "%d.%09d" % divmod(os.stat(mnt / "model.bin").st_mtime_ns, 10**9)
         assert uploads_in_progress(url, bucket, "model.bin") == {}
         assert hashlib.sha256((other / "model.bin").read_bytes()).digest() == hashlib.sha256(want).digest()
         requests = mount_stats(mnt)["store"]["requests"]
         assert requests.get("create_multipart") == 1 and requests.get("complete_multipart") == 1
         assert requests.get("put_part", 0) >= 5
+
+
+async def _head(url: str, key: str):
+    from pailfs.store import open_store
+
+    store = open_store(url)
+    try:
+        return await store.head(key)
+    finally:
+        await store.close()
 
 
 def test_kill_9_mid_stream_keeps_the_old_object(bucket, s3_env, tmp_path):

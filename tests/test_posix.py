@@ -145,6 +145,7 @@ def test_times_follow_every_call_and_survive_a_remount(fresh):
         final = os.stat(mnt / "g")
         assert (final.st_atime_ns, final.st_mtime_ns) == (exact_a, exact_m)
         assert final.st_ctime_ns > moved.st_ctime_ns
+        assert (mnt / "g").read_bytes() and times(os.stat(mnt / "g")) == times(final)  # noatime: reads move nothing
     meta = head(fresh.url, "g").metadata
     assert meta["mtime"] == "1700000000.123456789" and meta["atime"] == "1600000000.200000000"
     with fresh() as mnt:  # a fresh mount reads every field back, exactly
@@ -177,16 +178,26 @@ def test_o_trunc_without_a_write_truncates(fresh):
 
 
 # --- 16.3: unlinked while open -------------------------------------------------------------
-@pytest.mark.parametrize("existing", [False, True], ids=["new file", "uploaded file"])
-def test_a_file_unlinked_while_open_is_never_uploaded(fresh, existing):
+@pytest.mark.parametrize("how", ["new file", "uploaded file", "renamed over"])
+def test_a_file_unlinked_while_open_is_never_uploaded(fresh, how):
     with fresh() as mnt:
         path = mnt / "tmpfile"
-        if existing:
+        if how != "new file":
             path.write_bytes(b"already in the bucket")
             assert get_object(fresh.url, "tmpfile") == b"already in the bucket"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             os.pwrite(fd, b"before unlink ", 0)
+            if how == "renamed over":
+                (mnt / "other").write_bytes(b"the file renamed over it")
+                os.rename(mnt / "other", path)
+                assert get_object(fresh.url, "tmpfile") == b"the file renamed over it"
+                os.pwrite(fd, b"after unlink", 14)
+                os.close(fd)
+                fd = -1
+                assert get_object(fresh.url, "tmpfile") == b"the file renamed over it"
+                assert path.read_bytes() == b"the file renamed over it"
+                return
             os.unlink(path)
             assert get_object(fresh.url, "tmpfile") is None
             os.pwrite(fd, b"after unlink", 14)
@@ -194,7 +205,8 @@ def test_a_file_unlinked_while_open_is_never_uploaded(fresh, existing):
             assert os.pread(fd, 100, 0).startswith(b"before unlink after unlink")  # still readable
             assert not path.exists()
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         assert get_object(fresh.url, "tmpfile") is None
         assert "tmpfile" not in os.listdir(mnt)
     assert list_keys(fresh.url) == []
@@ -368,6 +380,7 @@ def test_extended_attributes_are_object_metadata(fresh):
                  (lambda: os.getxattr(path, "user.none"), errno.ENODATA),
                  (lambda: os.removexattr(path, "user.none"), errno.ENODATA),
                  (lambda: os.setxattr(path, "trusted.x", b"x"), errno.EOPNOTSUPP),
+                 (lambda: os.getxattr(path, "security.selinux"), errno.ENODATA),
                  (lambda: os.setxattr(path, "user.big", b"v" * 3000), errno.ENOSPC)]
         for call, code in cases:
             with pytest.raises(OSError) as info:
@@ -414,6 +427,21 @@ def test_fifos_and_sockets_are_special_objects(fresh, tmp_path):
         with open(mnt / "pipe", "rb") as f:
             assert f.read() == b"through\n"
         assert writer.wait(30) == 0
+
+
+def test_a_file_beyond_the_part_limit_is_efbig(fresh):
+    with fresh("multipart_size=5") as mnt:  # 10,000 parts of 5 MiB
+        fd = os.open(mnt / "huge", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            with pytest.raises(OSError) as info:
+                os.pwrite(fd, b"x", 10_000 * 5 * 1024 * 1024)
+            assert info.value.errno == errno.EFBIG
+        finally:
+            with pytest.raises(OSError) as closed:  # a failed write poisons the file
+                os.close(fd)
+        assert closed.value.errno == errno.EFBIG
+        assert not (mnt / "huge").exists()
+    assert list_keys(fresh.url) == []
 
 
 def test_hard_links_are_not_supported(fresh):

@@ -130,7 +130,10 @@ class WriteBack:
 
     # --- queries (any thread) ----------------------------------------------
     def busy(self, ino: int) -> bool:
-        return ino in self.staged
+        """The inode's attributes and bytes are this mount's staged ones (a poisoned file's
+        are not: it shows what the bucket holds)."""
+        st = self.staged.get(ino)
+        return st is not None and st.error is None
 
     def pending_create(self, node: Node) -> bool:
         st = self.staged.get(node.ino)
@@ -278,6 +281,7 @@ class WriteBack:
             st.dirty = False
             self._abort_stream(st)
             log.error("writes to %s failed: %s", st.node.key(), exc)
+            self._attrs_stale(st.node, st.uploaded_once)
         return st.error
 
     def _check_space(self, incoming: int) -> None:
@@ -511,7 +515,6 @@ class WriteBack:
                 self._keep(st)
             else:
                 self._unstage(st)
-            self._attrs_stale(node, st.uploaded_once)
             return
         if st.dirty:
             try:
