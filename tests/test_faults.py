@@ -604,11 +604,11 @@ def test_reopen_while_release_retries_a_failed_upload(reopen, tmp_path):
         gate = asyncio.Event()
         failing = True
 
-        async def put_file(key, path, metadata=None, progress=None):
+        async def put_file(key, path, metadata=None, progress=None, **kwargs):
             if failing:
                 await gate.wait()
                 raise StoreUnavailable(f"write {key}: cannot reach the store (injected)")
-            return await real_put_file(key, path, metadata, progress)
+            return await real_put_file(key, path, metadata, progress, **kwargs)
 
         store.put_file = put_file  # type: ignore[method-assign]
         fs = ObjectFileSystem(store, opts)

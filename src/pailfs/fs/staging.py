@@ -45,11 +45,12 @@ def _boot_id() -> str:
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot, /proc/PID/stat field 22)."""
+    """A running process's start time (clock ticks since boot, /proc/PID/stat field 22);
+    None if there is no such process or it has ended (a zombie waiting for its reaper)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        return fields[19].decode()
+        return None if fields[0] in (b"Z", b"X") else fields[19].decode()
     except (OSError, IndexError):
         return None
 
