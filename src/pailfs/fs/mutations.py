@@ -78,11 +78,18 @@ class Mutations:
         if name == DIR_META:
             raise NotPermitted(f"{DIR_META} is reserved for directory metadata")
 
+    async def _existing(self, parent: int, name: str) -> Node | None:
+        """What a name about to be created names now (the store is asked, unless it just
+        answered the kernel's LOOKUP of it)."""
+        if self.ns.just_probed_missing(parent, name):
+            return None
+        return await self.ns.lookup_or_none(parent, name)
+
     async def _new_name(self, parent: int, name: str) -> Node:
         """The parent directory of a name about to be created; EEXIST if it exists."""
         pnode = self.ns.dir(parent)
         self._check_new_name(pnode, name)
-        if await self.ns.lookup_or_none(parent, name) is not None:
+        if await self._existing(parent, name) is not None:
             raise errors.AlreadyExists(pnode.child_key(name))
         return pnode
 
@@ -140,7 +147,7 @@ class Mutations:
         self._writable()
         pnode = self.ns.dir(parent)
         self._check_new_name(pnode, name)
-        existing = await self.ns.lookup_or_none(parent, name)
+        existing = await self._existing(parent, name)
         if existing is not None:  # created meanwhile by another client
             if flags & os.O_EXCL:
                 raise errors.AlreadyExists(existing.key())
@@ -240,7 +247,8 @@ class Mutations:
             self.ns.detach(node)
             raise
         self.ns.stat_cache.admit(node)
-        if self.ns.stat_cache.enabled:  # known to be empty
+        node.listed_once = True  # known to be empty
+        if self.ns.stat_cache.enabled:
             node.listed_until = time.monotonic() + min(self.ns.stat_cache.ttl, RW_LISTING_TTL)
         self._dir_changed(pnode, node.mtime_ns)
         return node

@@ -46,7 +46,7 @@ from pailfs.fs.nodes import (
     mtime_ns_from_object, node_kinds, parse_ns, presentation,
 )
 from pailfs.fs.types import ROOT_INO
-from pailfs.store.base import ObjectInfo, ObjectStore
+from pailfs.store.base import Listing, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ AHEAD_QUEUE = 4096     # subdirectories waiting to be listed ahead
 NO_MTIME = 0.0
 NAME_MAX = 255         # bytes in one name (Linux; longer ones cannot be looked up)
 RW_LISTING_TTL = 1.0   # seconds a read-write mount's readdir reuses a listing
+PROBED_MISSING_TTL = 1.0  # seconds a store's "no such key" spares the create that follows
 
 
 def showable(name: str) -> bool:
@@ -93,6 +94,7 @@ class Namespace:
         self.root.expires = FOREVER * 1e3
         self.inodes = InodeTable(self.root)
         self._negative: dict[tuple[int, str], float] = {}
+        self._probed_missing: dict[tuple[int, str], float] = {}
         self._listing: dict[int, asyncio.Task] = {}
         self._ahead: collections.deque[Node] = collections.deque(maxlen=AHEAD_QUEUE)
         self._ahead_running = 0
@@ -398,17 +400,28 @@ class Namespace:
         return await self._probe(pnode, name)
 
     async def _probe(self, pnode: Node, name: str) -> Node:
-        """One HEAD of the key; if there is no such object, one LIST of key/ (an
-        implicit directory). Most names are files: one request answers them."""
+        """Ask the store what a name is. Most names looked up are files: one HEAD of the
+        key, and one LIST of key/ (an implicit directory) only if there is no such
+        object. A mount that does not trust its listings asks about names its listing
+        lacks, mostly names about to be created: one LIST from the key answers
+        "object, directory or nothing" (then a HEAD for an object's metadata)."""
         key = pnode.child_key(name)
-        listing = None
+        head: ObjectInfo | None = None
+        is_dir, marker_mtime = False, None
         async with self.meta_sem:
-            head = await self._head_or_none(key)
-            if head is None:
-                # one entry answers "is it a directory?"; a marker 'key/' sorts first
-                async for listing in self.store.list_pages(key + "/", "/", page_size=1):
-                    break
-        is_dir = listing is not None and bool(listing.objects or listing.prefixes)
+            if not self.trust_missing and pnode.listed_once and name not in pnode.children:  # type: ignore[operator]
+                is_object, is_dir = await self._list_name(key)
+                if is_object:
+                    head = await self._head_or_none(key)
+            else:
+                if self.trust_missing:
+                    head = await self._head_or_none(key)
+                    listing = await self._first_entry(key + "/") if head is None else None
+                else:
+                    head, listing = await asyncio.gather(self._head_or_none(key), self._first_entry(key + "/"))
+                if head is None and listing is not None and (listing.objects or listing.prefixes):
+                    is_dir = True
+                    marker_mtime = next((o.mtime for o in listing.objects if o.key == key + "/"), None)
         plain_marker = head is not None and self._is_plain_marker(head)
         if plain_marker:
             is_dir, head = True, None
@@ -417,6 +430,10 @@ class Namespace:
             if old is not None:
                 self.detach(old)
             self.remember_missing(pnode.ino, name)
+            if not self.trust_missing:
+                if len(self._probed_missing) > 1000:
+                    self._probed_missing.clear()
+                self._probed_missing[(pnode.ino, name)] = time.monotonic() + PROBED_MISSING_TTL
             raise NotFound(key)
         node = pnode.children.get(name)  # type: ignore[union-attr]
         if node is not None and node.is_dir != is_dir:
@@ -425,9 +442,8 @@ class Namespace:
         if node is None:
             node = self.new_node(pnode, name, is_dir)
         if is_dir:
-            marker = next((o for o in listing.objects if o.key == key + "/"), None) if listing else None
             if node.meta is None:  # else its metadata object says (rich nodes)
-                node.mtime = marker.mtime if marker else (node.mtime or self.started)
+                node.mtime = marker_mtime or node.mtime or self.started
             if plain_marker:
                 node.plain_marker = True
         else:
@@ -435,6 +451,26 @@ class Namespace:
         self.forget_missing(pnode.ino, name)
         self.stat_cache.admit(node)
         return node
+
+    async def _first_entry(self, prefix: str) -> Listing | None:
+        """One entry under prefix answers "is it a directory?" (a marker sorts first)."""
+        async for page in self.store.list_pages(prefix, "/", page_size=1):
+            return page
+        return None
+
+    async def _list_name(self, key: str) -> tuple[bool, bool]:
+        """(an object `key` exists, a directory `key/` exists) from a LIST from key. The
+        object sorts first; before `key/` come only names that continue with a byte
+        below '/' (`key.txt`, `key-1`), so the first page nearly always tells."""
+        is_object = is_dir = False
+        bound = key + "/"
+        async for page in self.store.list_pages(key, "/", page_size=16):
+            is_object = is_object or any(o.key == key for o in page.objects)
+            is_dir = is_dir or bound in page.prefixes
+            seen = [o.key for o in page.objects] + page.prefixes
+            if is_dir or (seen and max(seen) >= bound):
+                break
+        return is_object, is_dir
 
     async def _head_or_none(self, key: str) -> ObjectInfo | None:
         try:
@@ -453,6 +489,12 @@ class Namespace:
 
     def forget_missing(self, parent: int, name: str) -> None:
         self._negative.pop((parent, name), None)
+        self._probed_missing.pop((parent, name), None)
+
+    def just_probed_missing(self, parent: int, name: str) -> bool:
+        """The store said "no such key" for this name a moment ago: the kernel's LOOKUP
+        that precedes a CREATE/MKDIR asked already (it is never used to answer a lookup)."""
+        return self._probed_missing.pop((parent, name), 0.0) > time.monotonic()
 
     async def getattr(self, ino: int) -> Node:
         node = self.node(ino)
@@ -553,6 +595,8 @@ class Namespace:
         elif self.stat_cache.enabled:
             dnode.listed_until = now + (min(self.stat_cache.ttl, RW_LISTING_TTL) if dnode.rich else self.stat_cache.ttl)
             self.stat_cache.admit(dnode, now)
+        if dnode.rich:
+            dnode.listed_once = True
         return listed
 
     async def readdir(self, ino: int) -> list[Node]:

@@ -177,6 +177,7 @@ class Node:
     atime_ns = None
     xattrs: dict[str, bytes] | None = None
     plain_marker = False
+    listed_once = False   # rw directories: listed by this mount at least once
 
     def __init__(self, ino: int, parent: "DirNode | None", name: str,
                  size: int = 0, mtime: float = 0.0, etag: str | None = None) -> None:
@@ -340,11 +341,11 @@ class RwFileNode(RichTimes, FileNode):
 class RwDirNode(RichTimes, DirNode):
     # plain_marker: shown as a directory because an object without a trailing '/'
     # of this name has Content-Type application/x-directory (s3fs-fuse's old layout)
-    __slots__ = (*_RICH_SLOTS, "plain_marker")
+    __slots__ = (*_RICH_SLOTS, "plain_marker", "listed_once")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._init_rich()
-        self.plain_marker = False
+        self.plain_marker = self.listed_once = False
         super().__init__(*args, **kwargs)
 
 
