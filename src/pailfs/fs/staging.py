@@ -22,10 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import stat
 import tempfile
 
 from pailfs.errors import BadOption
+from pailfs.owned import open_marked_dir, owned_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,6 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def _owned_dir(path: str) -> bool:
-    st = os.lstat(path)
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
-
-
 def open_staging_root(staging_dir: str | None) -> str:
     """BASE/pailfs-staging, created and marked if new; BadOption if it is not ours."""
     if staging_dir:
@@ -70,32 +65,11 @@ def open_staging_root(staging_dir: str | None) -> str:
         os.makedirs(base, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise BadOption(f"{option}: cannot create {base} ({exc.strerror})") from None
-    if not staging_dir and not _owned_dir(base):
+    if not staging_dir and not owned_dir(base):
         raise BadOption(f"{option}: {base} is not a directory of this user; set staging_dir=")
     if not os.path.isdir(base):
         raise BadOption(f"{option}: {base} is not a directory")
-    root = os.path.join(base, SUBDIR)
-    marker = os.path.join(root, MARKER)
-    try:
-        os.mkdir(root, 0o700)
-        with open(marker, "x") as f:
-            f.write(MARKER_TEXT)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise BadOption(f"{option}: cannot create {root} ({exc.strerror})") from None
-    if not _owned_dir(root):
-        raise BadOption(f"{option}: {root} exists and is not a directory of this user; "
-                        "pailfs stages writes in a directory it creates itself")
-    try:
-        with open(marker, encoding="utf-8", errors="replace") as f:
-            ours = f.read() == MARKER_TEXT
-    except OSError:
-        ours = False
-    if not ours:
-        raise BadOption(f"{option}: {root} exists but was not created by pailfs (no {MARKER} marker); "
-                        "pailfs will not manage files it did not create")
-    return root
+    return open_marked_dir(base, SUBDIR, MARKER, MARKER_TEXT, option)
 
 
 def _read_mount_marker(path: str) -> dict | None:
@@ -120,7 +94,7 @@ def clean_dead_mounts(root: str) -> None:
     """Remove what dead mounts left in root, when it is provably theirs and empty."""
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
-        if not name.startswith(MOUNT_PREFIX) or not _owned_dir(path):
+        if not name.startswith(MOUNT_PREFIX) or not owned_dir(path):
             continue
         record = _read_mount_marker(path)
         if record is None or _owner_alive(record):

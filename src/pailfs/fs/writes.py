@@ -198,7 +198,8 @@ class WriteBack:
                 node.etag = compact_etag(info.etag)
         return st
 
-    def _unstage(self, st: Staged) -> None:
+    def _forget(self, st: Staged) -> None:
+        """The mount lets go of a staged file (its upload, its descriptor)."""
         if self.staged.get(st.node.ino) is st:
             del self.staged[st.node.ino]
         self._abort_stream(st)
@@ -206,6 +207,9 @@ class WriteBack:
             os.close(st.fd)
         except OSError:
             pass
+
+    def _unstage(self, st: Staged) -> None:
+        self._forget(st)
         try:
             os.unlink(st.path)
         except FileNotFoundError:
@@ -213,13 +217,7 @@ class WriteBack:
 
     def _keep(self, st: Staged) -> None:
         """Forget a staged file in the mount but leave it on disk (its path is logged)."""
-        if self.staged.get(st.node.ino) is st:
-            del self.staged[st.node.ino]
-        self._abort_stream(st)
-        try:
-            os.close(st.fd)
-        except OSError:
-            pass
+        self._forget(st)
         if st.path not in self.kept:
             self.kept.append(st.path)
 
