@@ -13,6 +13,7 @@ import stat
 import subprocess
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -399,25 +400,28 @@ def test_kill_9_mid_stream_keeps_the_old_object(bucket, s3_env, tmp_path):
     assert get_object(url, "model.bin") == old  # the old object stays
     left = uploads_in_progress(url, bucket, "model.bin")  # for abort_stale_uploads / lifecycle rules
     assert len(left) == 1
-    dead_dirs = list((staging / "pailfs-staging").glob(f"mount-{daemon}-*"))
+    dead_dirs = list(staging.glob(f"pailfs-mount-{os.getuid()}-{daemon}-*"))
     assert len(dead_dirs) == 1 and [p.name for p in dead_dirs[0].iterdir() if p.name.startswith("ino")]
     with mounted(bucket, tmp_path / "again", f"{STREAMING},staging_dir={staging}") as mnt:
         assert (mnt / "model.bin").read_bytes() == old
         assert dead_dirs[0].exists()  # its staged data is kept: the only copy of what was written
 
 
-# --- issue 14.7: staging under the mount's own marked directory --------------------------------
-def test_staging_dir_is_marked_and_only_dead_mounts_empty_dirs_are_removed(bucket, s3_env, tmp_path):
+# --- issue 14.7: staging in the mount's own marked directory --------------------------------
+def test_staging_dir_is_the_mounts_own_and_only_dead_mounts_empty_dirs_are_removed(bucket, s3_env, tmp_path):
     from pailfs.procs import pid_running, pids_with_argument
 
     staging = tmp_path / "staging"
     opts = f"stat_cache_expire=60,staging_dir={staging}"
-    root = staging / "pailfs-staging"
+
+    def own_dir(pid: int) -> list[Path]:
+        return list(staging.glob(f"pailfs-mount-{os.getuid()}-{pid}-*"))
+
     with mounted(bucket, tmp_path / "a", opts) as mnt:
-        assert (root / ".pailfs-staging").is_file()
         (daemon,) = pids_with_argument(str(mnt), words=("mount", "-f"))
-        (own,) = root.glob(f"mount-{daemon}-*")
+        (own,) = own_dir(daemon)
         assert json.loads((own / "mount.json").read_text())["pid"] == daemon
+        assert stat.S_IMODE(own.stat().st_mode) == 0o700
         fd = os.open(mnt / "open.bin", os.O_CREAT | os.O_WRONLY)
         os.write(fd, b"staged")
         assert [p.name for p in own.iterdir() if p.name.startswith("ino")]
@@ -433,32 +437,27 @@ def test_staging_dir_is_marked_and_only_dead_mounts_empty_dirs_are_removed(bucke
             (idle_pid,) = pids_with_argument(str(idle), words=("mount", "-f"))
             os.kill(idle_pid, signal.SIGKILL)  # an empty dir of a dead mount
             wait_for(lambda: not pid_running(idle_pid))
-        (idle_dir,) = root.glob(f"mount-{idle_pid}-*")
-        foreign = [root / "mount-999999-notours", root / "pailfs-staging-old", root / "notes.txt"]
-        foreign[0].mkdir()  # looks like ours, but carries no marker
-        foreign[1].mkdir()
-        foreign[2].write_text("a user's file")
+        (idle_dir,) = own_dir(idle_pid)
+        lookalike = staging / f"pailfs-mount-{os.getuid()}-999999-notours"  # named like ours, no marker
+        lookalike.mkdir()
+        other = staging / "pailfs-staging-old"
+        other.mkdir()
+        (staging / "notes.txt").write_text("a user's file")
         with mounted(bucket, tmp_path / "d", opts) as mnt:
             (newest,) = pids_with_argument(str(mnt), words=("mount", "-f"))
-            assert not idle_dir.exists()          # dead, empty, provably ours: removed
-            assert own.exists()                   # dead but holds staged data: kept
-            assert list(root.glob(f"mount-{live_pid}-*"))  # alive: kept
-            assert all(p.exists() for p in foreign)        # not provably ours: never touched
-        assert not list(root.glob(f"mount-{newest}-*"))  # a clean unmount removes its own dir
-        assert list(root.glob(f"mount-{live_pid}-*"))
+            assert not idle_dir.exists()  # dead, empty, provably ours: removed
+            assert own.exists()           # dead but holds staged data: kept
+            assert own_dir(live_pid)      # alive: kept
+            assert lookalike.exists() and other.exists() and (staging / "notes.txt").exists()
+        assert not own_dir(newest)        # a clean unmount removes its own dir
+        assert own_dir(live_pid)
 
 
-def test_staging_dir_not_created_by_pailfs_is_refused(bucket, s3_env, tmp_path):
-    from mounts import force_unmount, pailfs
-
-    staging = tmp_path / "staging"
-    (staging / "pailfs-staging").mkdir(parents=True)
-    (staging / "pailfs-staging" / "keep.txt").write_text("mine")
-    (tmp_path / "mnt").mkdir()
-    try:
-        proc = pailfs("mount", bucket, str(tmp_path / "mnt"), "-o", f"staging_dir={staging}")
-    finally:
-        force_unmount(tmp_path / "mnt")
-    err = proc.stderr.decode().strip()
-    assert proc.returncode == 1 and len(err.splitlines()) == 1 and "not created by pailfs" in err, err
-    assert (staging / "pailfs-staging" / "keep.txt").read_text() == "mine"
+def test_a_clean_unmount_leaves_nothing_in_the_temp_dir(bucket, s3_env, tmp_path, monkeypatch):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    with mounted(bucket, tmp_path / "mnt", "stat_cache_expire=60") as mnt:
+        (mnt / "f").write_bytes(b"x")
+        assert [p.name.startswith(f"pailfs-mount-{os.getuid()}-") for p in tmp.iterdir()] == [True]
+    assert list(tmp.iterdir()) == []

@@ -145,9 +145,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("connect_timeout", _seconds, 10.0, "Seconds to wait for a TCP connection to the store.", unit="SECONDS"),
     Option("readwrite_timeout", _seconds, 60.0, "Seconds one store request may take before it fails (EIO in a mount).", unit="SECONDS"),
     Option("retries", _nonneg_int, 3, "Retries of a failed store request (with backoff) before giving up.", unit="N"),
-    Option("staging_dir", _text, None, "Where writes are staged before upload (rw mounts). Default: a private temp dir.", unit="DIR", local_path=True),
+    Option("staging_dir", _text, None, "Where writes are staged before upload (rw mounts): each mount in a directory "
+           "DIR/pailfs-mount-UID-PID-*/ it creates and marks. Default: the temp dir.", unit="DIR", local_path=True),
     Option("ensure_diskfree", _nonneg_int, 0, "Keep this much disk free in staging_dir; writes fail with ENOSPC beyond.", unit="MB"),
-    Option("max_dirty_data", _pos_int, 5120, "Dirty data of one file that forces an early upload.", unit="MB"),
+    Option("max_dirty_data", _pos_int, 5120, "Dirty data of one file beyond which it streams into a multipart upload while it "
+           "is written (parts of multipart_size; invisible until close/fsync completes it).", unit="MB"),
     Option("dir_rename_limit", _nonneg_int, 10000, "Most objects a directory rename may copy (0 = no directory renames).", unit="N"),
     Option("nodelete", _parse_bool, False, "Refuse unlink, rmdir and overwriting renames with EPERM; new files are still allowed.", kind="flag"),
     Option("debug", _parse_bool, False, "Log every FUSE request (slow).", kind="flag"),

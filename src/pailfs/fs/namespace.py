@@ -402,22 +402,24 @@ class Namespace:
     async def _probe(self, pnode: Node, name: str) -> Node:
         """Ask the store what a name is. Most names looked up are files: one HEAD of the
         key, and one LIST of key/ (an implicit directory) only if there is no such
-        object. A mount that does not trust its listings asks about names its listing
-        lacks, mostly names about to be created: one LIST from the key answers
-        "object, directory or nothing" (then a HEAD for an object's metadata)."""
+        object. A mount that does not trust its listings also asks about names its
+        listing lacks, mostly names about to be created: one LIST from the key answers
+        "object, directory or nothing" (then a HEAD for an object's metadata); about a
+        name in a directory it never listed, the HEAD and the LIST go at once."""
         key = pnode.child_key(name)
         head: ObjectInfo | None = None
         is_dir, marker_mtime = False, None
+        known = name in pnode.children  # type: ignore[operator]
         async with self.meta_sem:
-            if not self.trust_missing and pnode.listed_once and name not in pnode.children:  # type: ignore[operator]
+            if not self.trust_missing and pnode.listed_once and not known:
                 is_object, is_dir = await self._list_name(key)
                 if is_object:
                     head = await self._head_or_none(key)
             else:
-                if self.trust_missing:
+                if self.trust_missing or known:
                     head = await self._head_or_none(key)
                     listing = await self._first_entry(key + "/") if head is None else None
-                else:
+                else:  # nothing known about it: both questions at once
                     head, listing = await asyncio.gather(self._head_or_none(key), self._first_entry(key + "/"))
                 if head is None and listing is not None and (listing.objects or listing.prefixes):
                     is_dir = True

@@ -1,20 +1,21 @@
 """Where a read-write mount stages its writes, and who may delete what there.
 
-Layout: `BASE/pailfs-staging/` is created and marked by pailfs (a `.pailfs-staging`
-file) and holds one directory per mount, `mount-<pid>-<random>/`, marked with
-`mount.json` (the mount process's pid, its start time and the boot it ran in).
-BASE is `staging_dir=`, else `<temp dir>/pailfs-<uid>` (created 0700).
+Each mount stages in a directory of its own, `BASE/pailfs-mount-<uid>-<pid>-<random>/`
+(created 0700), marked by a `mount.json` that names the mount's process (pid,
+start time, boot id). BASE is `staging_dir=` (created if missing), else the
+temp dir. That directory is the mount's state on local disk: a clean unmount
+removes it (unless it had to keep a staged file whose upload failed).
 
 Ownership rules (pailfs deletes only what it created):
 
-* a `pailfs-staging` that exists without the marker, is a symlink, or belongs
-  to another user is refused: the mount fails with one line;
-* a new mount removes the directory of a *dead* mount (its marker names a
-  process that is gone: pid not running, or running with another start time,
-  or another boot) only when nothing but the marker is left in it. Staged data
-  of a dead mount (a kill -9 mid-write, or an upload that failed) is kept and
-  named in the log: it may be the only copy of the data;
-* a mount that ends cleanly removes its own directory unless it kept a file.
+* a mount that starts removes the directory of a *dead* mount in BASE only
+  when it can prove it: named as pailfs names them (this user's uid), a real
+  directory of this user, marked by a valid `mount.json` whose process is gone
+  (pid not running, or running with another start time, or another boot), and
+  holding nothing but the marker;
+* staged data of a dead mount (a kill -9 mid-write, or an upload that failed)
+  is kept and named in the log: it may be the only copy of the data;
+* nothing else in BASE is ever touched.
 """
 
 from __future__ import annotations
@@ -22,18 +23,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import tempfile
 
 from pailfs.errors import BadOption
-from pailfs.owned import open_marked_dir, owned_dir
 
 log = logging.getLogger(__name__)
 
-SUBDIR = "pailfs-staging"
-MARKER = ".pailfs-staging"
-MARKER_TEXT = "pailfs staging area, format 1: one directory per mount, managed by pailfs\n"
 MOUNT_MARKER = "mount.json"
-MOUNT_PREFIX = "mount-"
+
+
+def _prefix() -> str:
+    return f"pailfs-mount-{os.getuid()}-"
 
 
 def _boot_id() -> str:
@@ -55,21 +56,18 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def open_staging_root(staging_dir: str | None) -> str:
-    """BASE/pailfs-staging, created and marked if new; BadOption if it is not ours."""
-    if staging_dir:
-        base, option = os.path.abspath(staging_dir), f"staging_dir={staging_dir}"
-    else:
-        base, option = os.path.join(tempfile.gettempdir(), f"pailfs-{os.getuid()}"), "staging"
+def staging_base(staging_dir: str | None) -> str:
+    """The directory the mount's own staging directory goes in; BadOption if unusable."""
+    if not staging_dir:
+        return tempfile.gettempdir()
+    base = os.path.abspath(staging_dir)
     try:
         os.makedirs(base, mode=0o700, exist_ok=True)
     except OSError as exc:
-        raise BadOption(f"{option}: cannot create {base} ({exc.strerror})") from None
-    if not staging_dir and not owned_dir(base):
-        raise BadOption(f"{option}: {base} is not a directory of this user; set staging_dir=")
+        raise BadOption(f"staging_dir={staging_dir}: cannot create the directory ({exc.strerror})") from None
     if not os.path.isdir(base):
-        raise BadOption(f"{option}: {base} is not a directory")
-    return open_marked_dir(base, SUBDIR, MARKER, MARKER_TEXT, option)
+        raise BadOption(f"staging_dir={staging_dir} is not a directory")
+    return base
 
 
 def _read_mount_marker(path: str) -> dict | None:
@@ -90,11 +88,19 @@ def _owner_alive(record: dict) -> bool:
     return started is not None and started == record.get("started")
 
 
-def clean_dead_mounts(root: str) -> None:
-    """Remove what dead mounts left in root, when it is provably theirs and empty."""
-    for name in sorted(os.listdir(root)):
-        path = os.path.join(root, name)
-        if not name.startswith(MOUNT_PREFIX) or not owned_dir(path):
+def clean_dead_mounts(base: str) -> None:
+    """Remove what dead mounts left in base, when it is provably theirs and empty."""
+    try:
+        names = sorted(n for n in os.listdir(base) if n.startswith(_prefix()))
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             continue
         record = _read_mount_marker(path)
         if record is None or _owner_alive(record):
@@ -111,9 +117,12 @@ def clean_dead_mounts(root: str) -> None:
             log.debug("could not remove %s: %s", path, exc)
 
 
-def new_mount_dir(root: str) -> str:
+def new_mount_dir(base: str) -> str:
     """This mount's own staging directory, marked with this process."""
-    path = tempfile.mkdtemp(prefix=f"{MOUNT_PREFIX}{os.getpid()}-", dir=root)
+    try:
+        path = tempfile.mkdtemp(prefix=f"{_prefix()}{os.getpid()}-", dir=base)
+    except OSError as exc:
+        raise BadOption(f"cannot create a staging directory in {base} ({exc.strerror})") from None
     record = {"format": 1, "pid": os.getpid(), "started": _start_time(os.getpid()), "boot": _boot_id()}
     with open(os.path.join(path, MOUNT_MARKER), "x", encoding="utf-8") as f:
         json.dump(record, f)

@@ -119,9 +119,9 @@ class WriteBack:
         self._attrs_stale = attrs_stale or (lambda node, exists: None)
         self.dir: str | None = None
         if not options.read_only:
-            root = staging.open_staging_root(options.staging_dir)
-            staging.clean_dead_mounts(root)
-            self.dir = staging.new_mount_dir(root)
+            base = staging.staging_base(options.staging_dir)
+            staging.clean_dead_mounts(base)
+            self.dir = staging.new_mount_dir(base)
         self.part_size = max(options.multipart_size * MiB, MIN_PART)
         self.staged: dict[int, Staged] = {}
         self.handles: dict[int, int] = {}  # fh -> ino
