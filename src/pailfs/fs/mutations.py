@@ -372,21 +372,18 @@ class Mutations:
             node.touch(now, modified=False)
         sem = asyncio.Semaphore(self.options.parallel_count)
 
-        async def move(key: str) -> None:
-            rel = key[len(old_prefix):]
+        async def copy(key: str) -> None:
             async with sem:
-                if rel == DIR_META:
-                    return  # written below, with the new ctime
-                if key.endswith("/"):  # a marker: some stores cannot copy directory objects
-                    await self.store.put(new_prefix + rel, b"", content_type=DIR_CONTENT_TYPE)
-                else:
-                    await self.store.copy(key, new_prefix + rel)
+                await self.store.copy(key, new_prefix + key[len(old_prefix):])
 
         try:
-            await asyncio.gather(*(move(k) for k in keys))
-            if old_prefix not in keys:
-                await self.store.put(new_prefix, b"", content_type=DIR_CONTENT_TYPE)
-            await self.store.put(new_prefix + DIR_META, b"", object_metadata(node))
+            # markers first, parents before children: a store that makes directories
+            # (SeaweedFS) shows a marker written after the directory exists as no object
+            # (some stores cannot copy directory objects either: they are written anew)
+            for marker in sorted({old_prefix, *(k for k in keys if k.endswith("/"))}):
+                await self.store.put(new_prefix + marker[len(old_prefix):], b"", content_type=DIR_CONTENT_TYPE)
+            await asyncio.gather(*(copy(k) for k in keys if not k.endswith("/") and k != old_prefix + DIR_META))
+            await self.store.put(new_prefix + DIR_META, b"", object_metadata(node))  # with the new ctime
         except BaseException:
             node.meta, node.mtime_ns, node.ctime_ns, node.atime_ns, node.xattrs = snapshot
             raise
