@@ -398,7 +398,21 @@ class S3Store(ObjectStore):
 
     # --- reads -----------------------------------------------------------
     async def head(self, key: str) -> ObjectInfo:
-        resp = await self._api_call("HEAD", self._key(key), "stat", key)
+        full = self._key(key)
+        if obstore_can_spell(full):
+            # obstore's HEAD (Rust, off the GIL) carries the user metadata too: ~8x the
+            # rate of a Python request when a directory's entries are HEADed at once
+            try:
+                result = await obstore.get_async(self._obs, full, options={"head": True})
+            except Exception as exc:  # noqa: BLE001 - every obstore error goes through the table
+                await self._raise(exc, "stat", key)
+            self._bucket_known = True
+            self._count("head")
+            meta, attributes = result.meta, result.attributes
+            return ObjectInfo(key, meta["size"], meta["last_modified"].timestamp(), meta["e_tag"],
+                              {k.lower(): v for k, v in attributes.items() if k not in _HEADER_ATTRIBUTES},
+                              attributes.get("Content-Type"))
+        resp = await self._api_call("HEAD", full, "stat", key)
         self._count("head")
         h = resp.headers
         metadata = {name[len("x-amz-meta-"):]: value for name, value in h.items()
