@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-DEBS   := fuse3 s3fs
+DEBS   := fuse3 s3fs rsync
 
 .PHONY: setup debs venv helper demo test bench clean image image-base
 
@@ -13,11 +13,13 @@ setup: debs venv helper
 helper: venv
 	@if [ "$$(id -u)" = 0 ] && [ -d /sbin ]; then ln -sf "$(CURDIR)/$(BIN)/mount.pailfs" /sbin/mount.fuse.pailfs; fi
 
-# Debian packages: fusermount3 for non-root mounts, s3fs-fuse as a benchmark peer.
+# Debian packages: fusermount3 for non-root mounts, s3fs-fuse as a benchmark peer, rsync
+# for the read-write mount's round-trip tests.
 debs:
 	@missing=""; \
 	command -v fusermount3 >/dev/null || missing="$$missing fuse3"; \
 	command -v s3fs >/dev/null || missing="$$missing s3fs"; \
+	command -v rsync >/dev/null || missing="$$missing rsync"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -330,6 +331,22 @@ class FaultProxy(LoopbackProxy):
                 self._mode = _Mode()
             return mode
 
+    # --- rewriting answers ------------------------------------------------------------
+    def rewrite(self, method: str, target: str, status: int) -> Callable[[bytes], bytes] | None:
+        """A subclass's hook: a function applied to the whole body of this answer (None:
+        forwarded as it comes). Used only while no fault mode acts on the request."""
+        return None
+
+    @staticmethod
+    async def _send_rewritten(up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter, resp: "_Head",
+                              change: Callable[[bytes], bytes]) -> None:
+        sink = _Collect()
+        await _copy_body(up_reader, sink, resp, True, _Budget(None))  # type: ignore[arg-type]
+        body = change(_dechunk(sink.body()) if resp.chunked else sink.body())
+        head = re.sub(rb"(?im)^(content-length|transfer-encoding):[^\r\n]*\r\n", b"", resp.raw)
+        writer.write(head[:-2] + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+
     # --- the proxy -----------------------------------------------------------------
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -388,6 +405,12 @@ class FaultProxy(LoopbackProxy):
                     if resp.close or head.close:
                         return
                     continue
+                change = self.rewrite(method, target, status) if mode is None and resp_has_body else None
+                if change is not None:
+                    await self._send_rewritten(up_reader, writer, resp, change)
+                    if resp.close or head.close:
+                        return
+                    continue
                 writer.write(resp.raw)
                 budget = _Budget(_cut_at(mode.after, resp) if mode is not None and mode.name == "cut_response"
                                  and resp_has_body else None)
@@ -408,6 +431,33 @@ class FaultProxy(LoopbackProxy):
                 upstream[1].close()
             writer.close()
             self._conns.discard(task)
+
+
+class _Collect:
+    """A StreamWriter stand-in that keeps what is written to it."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+
+    async def drain(self) -> None:
+        return None
+
+    def body(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def _dechunk(data: bytes) -> bytes:
+    out, pos = [], 0
+    while True:
+        end = data.index(b"\r\n", pos)
+        size = int(data[pos:end].split(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[end + 2:end + 2 + size])
+        pos = end + 2 + size + 2
 
 
 # --- SeaweedFS: kill -9 and restart on the same port ------------------------------

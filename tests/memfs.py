@@ -158,6 +158,9 @@ class MemFS:
         node = self.nodes.get(ino)
         return node.attr if node is not None else None
 
+    def opendir(self, ino: int) -> None:
+        return None
+
     def cached_readdir(self, ino: int) -> list[Attr] | None:
         self.calls["cached_readdir"] += 1
         if not self._hit(ino):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 PAILFS = [sys.executable, "-m", "pailfs"]
@@ -118,3 +120,35 @@ def list_keys(url: str, prefix: str = "") -> list[str]:
             await store.close()
 
     return asyncio.run(run())
+
+
+def uploads_in_progress(url: str, bucket: str, key: str) -> dict[str, int]:
+    """upload id -> parts uploaded so far, of the multipart uploads of key (S3 API)."""
+    from pailfs.store import open_store
+
+    async def run() -> dict[str, int]:
+        store = open_store(url)
+        try:
+            listing = await store.api.request("GET", bucket, query={"uploads": ""})
+            ids = [m for k, m in re.findall(r"<Key>([^<]*)</Key>\s*<UploadId>([^<]*)</UploadId>", listing.text)
+                   if k == key]
+            out = {}
+            for upload_id in ids:
+                parts = await store.api.request("GET", bucket, key, query={"uploadId": upload_id})
+                out[upload_id] = parts.text.count("<Part>")
+            return out
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def wait_for(what, deadline_s: float = 60.0):
+    """Poll what() until it returns something true (returned), failing after the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = what()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)

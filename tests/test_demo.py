@@ -234,8 +234,10 @@ def test_demo_quick_against_real_server(tmp_path, seaweed, bucket, s3_env):
     assert [i.step for i in infos] == [200]
     assert [f.name for f in infos[0].files] == ["state.npz"]
     keys = sorted(_keys(f"s3://{bucket}/training_logs/"))
-    # run 1 kept every checkpoint it wrote through the mount; run 2 only the latest
-    assert [k for k in keys if not k.startswith("0")] == ["checkpoint", "model.ckpt-100.npz", "model.ckpt-200.npz"]
+    # run 1 kept every checkpoint it wrote through the mount (and the mount keeps the
+    # directory's metadata in .pailfs-dirmeta); run 2 only the latest
+    assert [k for k in keys if not k.startswith("0")] == [".pailfs-dirmeta", "checkpoint", "model.ckpt-100.npz",
+                                                          "model.ckpt-200.npz"]
     assert not [k for k in keys if k.startswith("0") and not k.startswith("0000000200/")]
     assert _pailfs_mounts_under(tmp_path) == []
     assert list((tmp_path / "tmp").iterdir()) == []  # mountpoints and work dir removed

@@ -605,11 +605,11 @@ def test_reopen_while_release_retries_a_failed_upload(reopen, tmp_path):
         gate = asyncio.Event()
         failing = True
 
-        async def put_file(key, path, metadata=None, progress=None):
+        async def put_file(key, path, metadata=None, progress=None, **kwargs):
             if failing:
                 await gate.wait()
                 raise StoreUnavailable(f"write {key}: cannot reach the store (injected)")
-            return await real_put_file(key, path, metadata, progress)
+            return await real_put_file(key, path, metadata, progress, **kwargs)
 
         store.put_file = put_file  # type: ignore[method-assign]
         fs = ObjectFileSystem(store, opts)
@@ -641,3 +641,180 @@ def test_reopen_while_release_retries_a_failed_upload(reopen, tmp_path):
 
     want = b"SECONDversion" if reopen == "open, write" else b"SECOND"
     assert asyncio.run(main()) == want
+
+
+# ==================================================================================
+# issue 14: a failed write poisons the file; a failed upload shows the bucket again
+# ==================================================================================
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 20 MiB tmpfs (root only) for staging_dir: the staging disk fills up."""
+    import subprocess
+
+    path = tmp_path / "tmpfs"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m,mode=0700", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.parametrize("diskfree", [0, 5], ids=["full disk", "ensure_diskfree=5"])
+def test_full_staging_dir_poisons_the_write(diskfree, small_tmpfs, bucket, s3_env, tmp_path, results):
+    """50 MiB written with O_TRUNC over an object through a 20 MiB staging disk: write()
+    fails with ENOSPC, every later write and close() report it, nothing is uploaded."""
+    import shutil
+
+    url = f"s3://{bucket}"
+    old = blob(40, 100_000)
+    put_objects(url, {"big.bin": old})
+    opts = f"stat_cache_expire=60,staging_dir={small_tmpfs}" + (f",ensure_diskfree={diskfree}" if diskfree else "")
+    new = blob(41, MiB)
+    with mounted(bucket, tmp_path / "mnt", opts) as mnt:
+        started = time.monotonic()
+        fd = os.open(mnt / "big.bin", os.O_WRONLY | os.O_TRUNC)
+        written, failure = 0, None
+        try:
+            for _ in range(50):
+                try:
+                    written += os.write(fd, new)
+                except OSError as exc:
+                    failure = exc
+                    break
+            with pytest.raises(OSError) as again:
+                os.write(fd, b"x")  # poisoned: even a byte that would fit
+        finally:
+            with pytest.raises(OSError) as closed:
+                os.close(fd)
+        elapsed = time.monotonic() - started
+        assert failure is not None and failure.errno == errno.ENOSPC, failure
+        assert written < (20 - diskfree) * MiB
+        assert again.value.errno == errno.ENOSPC and closed.value.errno == errno.ENOSPC
+        assert get_object(url, "big.bin") == old  # nothing was uploaded
+        assert os.stat(mnt / "big.bin").st_size == len(old)  # the mount shows the bucket again
+        assert (mnt / "big.bin").read_bytes() == old
+        assert shutil.disk_usage(small_tmpfs).used < MiB  # the partial staged file is gone
+        (mnt / "after.bin").write_bytes(b"still works")
+        assert get_object(url, "after.bin") == b"still works"
+    results.record("rw mount", "staging_dir full (20 MiB tmpfs" + (", ensure_diskfree=5" if diskfree else "")
+                   + "), 50 MiB O_TRUNC write over an object", "ENOSPC, old object kept", 1, 0, elapsed,
+                   f"write() ENOSPC after {written // MiB} MiB, later writes and close() ENOSPC; "
+                   "the bucket and stat show the old object; staged data dropped")
+
+
+def test_failed_part_upload_poisons_a_streamed_write(seaweed, proxy, bucket, s3_env, tmp_path, results):
+    """Data beyond max_dirty_data streams into a multipart upload; a part that cannot be
+    uploaded fails the next write and close() (EIO), and the upload is aborted."""
+    from mounts import uploads_in_progress, wait_for
+
+    url = f"s3://{bucket}"
+    old = blob(42, 5000)
+    put_objects(url, {"stream.bin": old})
+    opts = "stat_cache_expire=60,max_dirty_data=5,multipart_size=5," + TIMEOUTS
+    with mounted(bucket, tmp_path / "mnt", opts, env=proxy_env(seaweed, proxy)) as mnt:
+        fd = os.open(mnt / "stream.bin", os.O_WRONLY | os.O_TRUNC)
+        chunk = blob(43, MiB)
+        for _ in range(6):
+            os.write(fd, chunk)
+        proxy.error(503, "SlowDown", times=None, match=PUT)  # every part from now on
+        started = time.monotonic()
+        failure = None
+        try:
+            for _ in range(5):  # fills part 2, which goes up in the background and fails
+                os.write(fd, chunk)
+            while failure is None and time.monotonic() - started < BOUND:
+                try:  # the writer learns it at its next write
+                    os.write(fd, b"x")
+                except OSError as exc:
+                    failure = exc
+        finally:
+            with pytest.raises(OSError) as closed:
+                os.close(fd)
+        elapsed = time.monotonic() - started
+        injected = proxy.fired
+        proxy.passthrough()
+        assert failure is not None and failure.errno == errno.EIO
+        assert closed.value.errno == errno.EIO
+        assert elapsed < BOUND
+        assert get_object(url, "stream.bin") == old
+        wait_for(lambda: uploads_in_progress(url, bucket, "stream.bin") == {})  # aborted
+        assert (mnt / "stream.bin").read_bytes() == old
+    results.record("rw mount", "part upload fails mid-stream (503 on every PUT, max_dirty_data=5)",
+                   "EIO, old object kept", injected, 0, elapsed,
+                   "the next write() and close() EIO; multipart upload aborted; old object kept")
+
+
+def test_failed_upload_then_stat_shows_the_bucket(private_server, tmp_path, results):
+    """The server stops during a 100 MiB write: close() gives EIO and the staged data is
+    kept; once the server is back, stat/ls/read on the mount show what the bucket holds
+    (the old object; a file that never reached the bucket is gone)."""
+    from conftest import restart as restart_private
+
+    srv, state, bucket = private_server
+    url = f"s3://{bucket}"
+    old = blob(44, 3000)
+    put_objects(url, {"model.bin": old})
+    staging = tmp_path / "staging"
+    opts = f"stat_cache_expire=60,readwrite_timeout=3,connect_timeout=2,retries=0,staging_dir={staging}"
+    chunk = blob(45, MiB)
+    with mounted(bucket, tmp_path / "mnt", opts) as mnt:
+        assert os.stat(mnt / "model.bin").st_size == len(old)
+        fd = os.open(mnt / "model.bin", os.O_WRONLY | os.O_TRUNC)
+        fresh_fd = os.open(mnt / "fresh.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+        for i in range(100):
+            if i == 50:
+                srv.stop(timeout=3)  # mid-write
+            os.write(fd, chunk)
+        os.write(fresh_fd, b"never uploaded")
+        started = time.monotonic()
+        for handle in (fd, fresh_fd):
+            with pytest.raises(OSError) as info:
+                os.close(handle)
+            assert info.value.errno == errno.EIO
+        elapsed = time.monotonic() - started
+        restart_private(state, tmp_path)
+        deadline = time.monotonic() + 30
+        while True:  # SeaweedFS answers 500 for a moment while it loads its volumes
+            try:
+                st = os.stat(mnt / "model.bin")
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+        assert st.st_size == len(old)
+        assert {e.name: e.stat().st_size for e in os.scandir(mnt)} == {"model.bin": len(old)}
+        assert (mnt / "model.bin").read_bytes() == old
+        kept = sorted(p.stat().st_size for p in staging.rglob("ino*"))
+        assert kept == [len(b"never uploaded"), 100 * MiB]  # the staged data was kept, whole
+    assert get_object_after_restart(url, "model.bin") == old and get_object(url, "fresh.bin") is None
+    results.record("rw mount", "server stopped during a 100 MiB write", "EIO; stat shows the bucket", 1, 0, elapsed,
+                   "close() EIO, staged data kept; after the restart stat/ls/read show the old object, "
+                   "the never-uploaded file is gone")
+
+
+def test_metadata_change_that_cannot_be_stored_is_undone(seaweed, proxy, bucket, s3_env, tmp_path, results):
+    """chmod/utime/setxattr whose copy onto itself fails: EIO, and the mount shows what
+    the bucket holds (never EIO with a changed result)."""
+    url = f"s3://{bucket}"
+    with mounted(bucket, tmp_path / "mnt", "stat_cache_expire=60," + TIMEOUTS, env=proxy_env(seaweed, proxy)) as mnt:
+        (mnt / "f").write_bytes(b"data")
+        os.mkdir(mnt / "d")
+        before = {n: os.stat(mnt / n) for n in ("f", "d")}
+        proxy.error(503, "SlowDown", times=None, match=PUT)  # a copy is a PUT, so is a metadata object
+        started = time.monotonic()
+        for call in (lambda: os.chmod(mnt / "f", 0o600), lambda: os.utime(mnt / "f", (1, 1)),
+                     lambda: os.setxattr(mnt / "f", "user.k", b"v"), lambda: os.chmod(mnt / "d", 0o700)):
+            with pytest.raises(OSError) as info:
+                call()
+            assert info.value.errno == errno.EIO
+        elapsed = time.monotonic() - started
+        injected = proxy.fired
+        proxy.passthrough()
+        for name, st in before.items():
+            again = os.stat(mnt / name)
+            assert (again.st_mode, again.st_mtime_ns, again.st_ctime_ns) == (st.st_mode, st.st_mtime_ns, st.st_ctime_ns)
+        assert os.listxattr(mnt / "f") == []
+        assert get_object(url, "f") == b"data"
+    results.record("rw mount", "chmod/utime/setxattr while every PUT fails", "EIO, nothing changed", injected, 0,
+                   elapsed, "EIO; stat and listxattr show the unchanged inode")

@@ -22,6 +22,7 @@ from pailfs.config import parse_options
 from pailfs.errors import (AlreadyExists, DirectoryNotEmpty, IsADirectory, NotADirectory, NotFound,
                            PailfsError)
 from pailfs.fs.core import ObjectFileSystem
+from pailfs.fs.nodes import DIR_META
 from pailfs.fs.types import ROOT_INO, SetAttr
 from pailfs.store.memory import MemoryStore
 
@@ -243,7 +244,11 @@ class FileSystemModel(RuleBasedStateMachine):
             return {k: await self.store.get(k) for k in keys}
 
         found = self.run(objects())
-        files = {tuple(k.split("/")): v for k, v in found.items() if not k.endswith("/")}
+        # a directory's metadata (mode, owner, times) is an object of its own
+        assert {tuple(k.split("/")[:-1]) for k in found if k.split("/")[-1] == DIR_META} <= \
+            {p for p, v in self.model.items() if v is DIR} | {()}
+        files = {tuple(k.split("/")): v for k, v in found.items()
+                 if not k.endswith("/") and k.split("/")[-1] != DIR_META}
         assert files == {p: v for p, v in self.model.items() if v is not DIR}
         # every directory has its marker, so it outlives its last file
         assert {tuple(k[:-1].split("/")) for k in found if k.endswith("/")} == \

@@ -196,6 +196,63 @@ def test_metadata_round_trip_and_copy(run, tmp_path):
     assert "meta/x" not in [o.key for o in listed]
 
 
+def test_content_type_round_trip(run, tmp_path):
+    small, big = tmp_path / "small.txt", tmp_path / "big.bin"
+    small.write_bytes(b"hello")
+    big.write_bytes(os.urandom(6 * MiB))  # multipart with the 5 MiB parts of these stores
+
+    async def body(store):
+        await store.put("ct/page.html", b"<p>", content_type="text/html")
+        await store.put("ct/dir/", b"", content_type="application/x-directory")
+        await store.put_file("ct/small.txt", small, content_type="text/plain")
+        await store.put_file("ct/big.bin", big, {"k": "v"}, content_type="application/x-big")
+        await store.copy("ct/page.html", "ct/same.html")
+        await store.copy("ct/page.html", "ct/new.css", {"m": "1"}, content_type="text/css")
+        keys = ("ct/page.html", "ct/dir/", "ct/small.txt", "ct/big.bin", "ct/same.html", "ct/new.css")
+        return {k: await store.head(k) for k in keys}
+
+    heads = run(body)
+    types = {k: (h.content_type or "").split(";")[0] for k, h in heads.items()}
+    assert types == {"ct/page.html": "text/html", "ct/dir/": "application/x-directory",
+                     "ct/small.txt": "text/plain", "ct/big.bin": "application/x-big",
+                     "ct/same.html": "text/html", "ct/new.css": "text/css"}
+    assert heads["ct/big.bin"].metadata == {"k": "v"} and heads["ct/new.css"].metadata == {"m": "1"}
+
+
+def test_multipart_part_by_part(run):
+    part1, part2, last = os.urandom(5 * MiB), os.urandom(5 * MiB), b"tail"
+
+    async def body(store):
+        await store.put("mp/obj", b"old")
+        upload = await store.create_multipart("mp/obj", {"mtime": "1.5"}, content_type="application/x-test")
+        etag2 = await store.upload_part("mp/obj", upload, 2, part2)
+        etag1 = await store.upload_part("mp/obj", upload, 1, b"x" * (5 * MiB))
+        etag1 = await store.upload_part("mp/obj", upload, 1, part1)  # a part sent again replaces it
+        etag3 = await store.upload_part("mp/obj", upload, 3, last)
+        during = await store.get("mp/obj")  # nothing visible before completion
+        etag = await store.complete_multipart("mp/obj", upload, [(1, etag1), (2, etag2), (3, etag3)])
+        done = await store.get("mp/obj")
+        head = await store.head("mp/obj")
+
+        aborted = await store.create_multipart("mp/never")
+        await store.upload_part("mp/never", aborted, 1, b"lost")
+        await store.abort_multipart("mp/never", aborted)
+        await store.abort_multipart("mp/never", aborted)  # twice: not an error
+        with pytest.raises(NotFound):
+            await store.head("mp/never")
+        with pytest.raises(StoreError):
+            await store.upload_part("mp/never", aborted, 2, b"late")
+        return during, etag, done, head, [o.key for o in (await store.list("mp/")).objects]
+
+    during, etag, done, head, keys = run(body)
+    assert during == b"old"
+    assert done == part1 + part2 + last
+    assert head.size == len(done) and head.metadata == {"mtime": "1.5"}
+    assert (head.content_type or "").startswith("application/x-test")
+    assert etag is not None and etag.strip('"') == (head.etag or "").strip('"')
+    assert keys == ["mp/obj"]
+
+
 # --- listing ------------------------------------------------------------------
 def test_delimiter_listing_with_dir_markers(run):
     async def body(store):

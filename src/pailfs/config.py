@@ -190,7 +190,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_multireq", _pos_int, 20, "Concurrent metadata requests (HEAD/LIST); must be >= parallel_count.", unit="N"),
     Option("max_stat_cache_size", _nonneg_int, 1000, "Metadata entries cached (LRU); 0 disables the stat cache: every lookup asks the store.", unit="N"),
     Option("stat_cache_expire", _expire, 900, "Seconds a cached entry is trusted; -1 = forever.", unit="SECONDS"),
-    Option("enable_noobj_cache", _parse_bool, True, "Cache 'no such object' answers (negative cache) like other entries.", kind="flag"),
+    Option("enable_noobj_cache", _parse_bool, True, "Cache 'no such object' answers (negative cache) like other entries "
+           "(read-only mounts without check_missing only).", kind="flag"),
+    Option("check_missing", _parse_bool, False, "Read-only mounts: a name missing from a cached listing is checked with the store "
+           "(HEAD, then LIST) before ENOENT, so objects added by others show at once. Always so on read-write mounts.", kind="flag"),
     Option("uid", _parse_id, None, "Owner uid shown for every file (default: the mounting user).", unit="UID"),
     Option("gid", _parse_id, None, "Owner gid shown for every file (default: the mounting user's group).", unit="GID"),
     Option("umask", _parse_octal, None, "Files and dirs show 0777 & ~umask; unset: 0640 files, 0750 dirs (ossfs).", aliases=("mask",), unit="OCTAL"),
@@ -212,9 +215,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("connect_timeout", _seconds, 10.0, "Seconds to wait for a TCP connection to the store.", unit="SECONDS"),
     Option("readwrite_timeout", _seconds, 60.0, "Seconds one store request may take before it fails (EIO in a mount).", unit="SECONDS"),
     Option("retries", _nonneg_int, 3, "Retries of a failed store request (with backoff) before giving up.", unit="N"),
-    Option("staging_dir", _local_dir, None, "Where writes are staged before upload (rw mounts). Default: a private temp dir.", unit="DIR", local_path=True),
+    Option("staging_dir", _local_dir, None, "Where writes are staged before upload (rw mounts): each mount in a directory "
+           "DIR/pailfs-mount-UID-PID-*/ it creates and marks. Default: the temp dir.", unit="DIR", local_path=True),
     Option("ensure_diskfree", _nonneg_int, 0, "Keep this much disk free in staging_dir; writes fail with ENOSPC beyond.", unit="MB"),
-    Option("max_dirty_data", _pos_int, 5120, "Dirty data of one file that forces an early upload.", unit="MB"),
+    Option("max_dirty_data", _pos_int, 5120, "Dirty data of one file beyond which it streams into a multipart upload while it "
+           "is written (parts of multipart_size; invisible until close/fsync completes it).", unit="MB"),
     Option("dir_rename_limit", _nonneg_int, 10000, "Most objects a directory rename may copy (0 = no directory renames).", unit="N"),
     Option("nodelete", _parse_bool, False, "Refuse unlink, rmdir and overwriting renames with EPERM; new files are still allowed.", kind="flag"),
     Option("debug", _parse_bool, False, "Debug log: every store request, every FUSE request that failed (with its errno), "

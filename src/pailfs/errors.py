@@ -104,6 +104,10 @@ class NoSuchAttribute(FsError):
     """No extended attribute of that name."""
 
 
+class FileTooLarge(FsError):
+    """Larger than the store can hold as one object (S3: 10,000 parts)."""
+
+
 class MountError(PailfsError):
     """The mount could not be set up (mountpoint, /dev/fuse, fusermount3...)."""
 
@@ -134,6 +138,7 @@ ERRNO_TABLE: dict[type[BaseException], int] = {
     NotSupported: errno.EOPNOTSUPP,
     TooManyObjects: errno.EMLINK,
     NoSuchAttribute: errno.ENODATA,
+    FileTooLarge: errno.EFBIG,
     FileNotFoundError: errno.ENOENT,
     TimeoutError: errno.EIO,
 }

@@ -44,7 +44,7 @@ class ObjectFileSystem:
         self.read_only = options.read_only
         self.keep_cache = bool(options.kernel_cache)
         self.reader = ObjectReader(store, options)
-        self.writes = WriteBack(store, options, forget_data=self.reader.discard)
+        self.writes = WriteBack(store, options, forget_data=self.reader.discard, attrs_stale=self._attrs_stale)
         self.namespace = Namespace(store, options, is_staged=self.writes.busy,
                                    content_changed=self._content_changed, dropped=self.reader.discard)
         self.mutations = Mutations(store, options, self.namespace, self.writes, self.reader)
@@ -64,6 +64,17 @@ class ObjectFileSystem:
         if self._front_end is not None:
             self._front_end.invalidate_inode(ino)
 
+    def _attrs_stale(self, node: Node, exists: bool) -> None:
+        """The mount's staged data of node was not uploaded: show what the bucket holds
+        (read again at the next stat or open), or nothing if it never held the object."""
+        if exists:
+            self.namespace.stat_cache.forget(node)
+            node.meta = None
+            node.etag = None
+        else:
+            self.namespace.detach(node)
+        self._content_changed(node.ino)
+
     # ------------------------------------------------------------------ hot path
     def cached_lookup(self, parent: int, name: str) -> Node | None:
         return self.namespace.cached_lookup(parent, name)
@@ -73,6 +84,9 @@ class ObjectFileSystem:
 
     def cached_readdir(self, ino: int) -> list[Node] | None:
         return self.namespace.cached_readdir(ino)
+
+    def opendir(self, ino: int) -> None:
+        self.namespace.forget_listing(ino)
 
     def cached_read(self, ino: int, offset: int, size: int) -> bytes | memoryview | None:
         if self.writes.busy(ino):
@@ -126,13 +140,18 @@ class ObjectFileSystem:
     async def getxattr(self, ino: int, name: str) -> bytes:
         if ino == ROOT_INO and name == STATS_XATTR:
             return json.dumps(self.stats()).encode()
-        self.namespace.node(ino)
-        raise errors.NoSuchAttribute(name)
+        if self.read_only:
+            self.namespace.node(ino)
+            raise errors.NoSuchAttribute(name)
+        return await self.mutations.getxattr(ino, name)
 
     async def listxattr(self, ino: int) -> list[str]:
-        return [STATS_XATTR] if ino == ROOT_INO else []
+        names = [] if self.read_only else await self.mutations.listxattr(ino)
+        return [STATS_XATTR, *names] if ino == ROOT_INO else names
 
     async def setxattr(self, ino: int, name: str, value: bytes, flags: int) -> None:
+        if ino == ROOT_INO and name == STATS_XATTR:
+            raise errors.NotPermitted(f"{STATS_XATTR} is computed by the mount")
         await self.mutations.setxattr(ino, name, value, flags)
 
     async def removexattr(self, ino: int, name: str) -> None:

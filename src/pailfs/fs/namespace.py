@@ -5,6 +5,23 @@ objects come from the LIST result (no HEAD per entry). One LIST of a directory
 answers every lookup in it while the stat cache trusts it; a walk is listed
 ahead of the walker.
 
+Who may change the bucket decides what a listing proves (docs/semantics.md):
+
+* a read-only data-set mount trusts its listings: a name missing from one is
+  ENOENT without asking the store (that is its speed);
+* a read-write mount, and a read-only one with `check_missing`, asks the store
+  (HEAD, then a one-key LIST) about a name its listing lacks, and caches no
+  "no such file" answer;
+* a read-write mount also keeps the object metadata of every inode it shows
+  (mode, owner, times, extended attributes, the file type): a lookup HEADs the
+  object (a directory: its `.pailfs-dirmeta` object), a directory read HEADs
+  the entries it does not know yet, and a listing is reused by readdir for
+  RW_LISTING_TTL only; `revalidate()` is close-to-open: open() compares ETags.
+
+Keys that cannot be names on the mount are not shown: empty segments (`a//b`,
+`/abs`), `.` and `..` (`./x`, `sub/..`), names with a NUL byte or longer than
+NAME_MAX bytes, and the directory-metadata objects themselves.
+
 Threads: every coroutine runs on the file system's loop thread; the `cached_*`
 methods run in the front end's reader thread and only read node fields — they
 never mutate shared structures except the `used` stamp. All structure changes
@@ -25,10 +42,11 @@ from pailfs.cache.stat import StatCache
 from pailfs.config import Options
 from pailfs.errors import NotADirectory, NotFound
 from pailfs.fs.nodes import (
-    InodeTable, Node, compact_etag, meta_from_object, mtime_from_object, node_kinds, presentation,
+    DIR_CONTENT_TYPES, DIR_META, XATTR_META, InodeTable, Node, compact_etag, decode_xattrs, meta_from_object,
+    mtime_ns_from_object, node_kinds, parse_ns, presentation,
 )
 from pailfs.fs.types import ROOT_INO
-from pailfs.store.base import ObjectInfo, ObjectStore
+from pailfs.store.base import Listing, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +54,15 @@ FOREVER = float(2**31)  # kernel timeouts for "never expires"
 LISTINGS_AHEAD = 4     # directory listings a walk keeps in flight ahead of the walker
 AHEAD_QUEUE = 4096     # subdirectories waiting to be listed ahead
 NO_MTIME = 0.0
+NAME_MAX = 255         # bytes in one name (Linux; longer ones cannot be looked up)
+RW_LISTING_TTL = 1.0   # seconds a read-write mount's readdir reuses a listing
+PROBED_MISSING_TTL = 1.0  # seconds a store's "no such key" spares the create that follows
+
+
+def showable(name: str) -> bool:
+    """Whether a key segment can be a name on the mount (see the module docstring)."""
+    return bool(name) and name not in (".", "..", DIR_META) and "/" not in name and "\0" not in name \
+        and len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX
 
 
 class Namespace:
@@ -58,13 +85,16 @@ class Namespace:
         self.look = presentation(options)
         self.stat_cache = StatCache(options.max_stat_cache_size, options.stat_cache_expire,
                                     population=lambda: self.inodes.values(), on_evict=self._evicted)
+        # a read-only data set trusts its listings; anything writable asks the store
+        self.trust_missing = self.read_only and not options.check_missing
         self._set_kernel_timeouts(options)
-        self._file_kind, self._dir_kind = node_kinds(self.look)
+        self._file_kind, self._dir_kind = node_kinds(self.look, rich=not self.read_only)
         self.started = time.time()
         self.root = self._dir_kind(ROOT_INO, None, "", mtime=self.started)
         self.root.expires = FOREVER * 1e3
         self.inodes = InodeTable(self.root)
         self._negative: dict[tuple[int, str], float] = {}
+        self._probed_missing: dict[tuple[int, str], float] = {}
         self._listing: dict[int, asyncio.Task] = {}
         self._ahead: collections.deque[Node] = collections.deque(maxlen=AHEAD_QUEUE)
         self._ahead_running = 0
@@ -85,7 +115,7 @@ class Namespace:
         else:
             ttl = 1.0 if options.stat_cache_expire < 0 else min(1.0, float(options.stat_cache_expire))
         self.entry_timeout = self.attr_timeout = ttl
-        self.negative_timeout = ttl if options.enable_noobj_cache else 0.0
+        self.negative_timeout = ttl if options.enable_noobj_cache and self.trust_missing else 0.0
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -173,12 +203,23 @@ class Namespace:
         etag = compact_etag(info.etag)
         changed = node.etag is not None and etag != node.etag
         node.size = info.size
-        node.mtime = mtime_from_object(info)
+        node.mtime_ns = mtime_ns_from_object(info)
         node.etag = etag
         if info.metadata is not None:
             node.meta = meta_from_object(info.metadata) or ()
+            if node.rich:
+                self._set_rich(node, info.metadata)
+        elif changed and node.rich:
+            node.meta = None  # changed by someone else: its metadata is read again
         if changed:
             self._content_changed(node.ino)
+
+    @staticmethod
+    def _set_rich(node: Node, metadata: dict) -> None:
+        """ctime, atime and extended attributes of a read-write inode from its metadata."""
+        node.ctime_ns = parse_ns(metadata.get("ctime"))
+        node.atime_ns = parse_ns(metadata.get("atime"))
+        node.xattrs = decode_xattrs(metadata.get(XATTR_META)) or None
 
     # ------------------------------------------------------------------ refs
     # The kernel's lookup counts change on two threads: ref() runs in the reader
@@ -231,7 +272,7 @@ class Namespace:
                 self.stat_cache.hits += 1
                 return node
             return None
-        if pnode.listed_until > now or self._negative.get((parent, name), 0.0) > now:
+        if self.trust_missing and (pnode.listed_until > now or self._negative.get((parent, name), 0.0) > now):
             raise NotFound(name)
         return None
 
@@ -246,6 +287,8 @@ class Namespace:
         if node is None:
             return None
         entries = node.entries
+        if node.rich:  # only what readdir() built (metadata complete), for RW_LISTING_TTL
+            return entries if entries is not None and node.entries_until > time.monotonic() else None
         if node.listed_until <= time.monotonic():
             return entries if entries is not None and node.entries_until > time.monotonic() else None
         if entries is None:
@@ -259,16 +302,76 @@ class Namespace:
                 pass  # the loop is closed: the mount is ending
         return entries
 
+    def forget_listing(self, ino: int) -> None:
+        """Reader thread, on OPENDIR of a read-write mount: the next readdir lists the
+        directory again. Two plain stores (atomic under the GIL); at worst a listing
+        done on the loop at the same moment is done once more."""
+        node = self.inodes.get(ino)
+        if node is not None and node.rich and node.is_dir:
+            node.entries_until = 0.0
+            node.listed_until = 0.0
+
     # ------------------------------------------------------------------ lookups
     async def lookup(self, parent: int, name: str) -> Node:
         node = await self._lookup(parent, name)
-        if node.meta is None and not self.read_only and not node.is_dir and not self._is_staged(node.ino):
-            # rw mounts show chmod/chown/touch metadata, which only a HEAD returns
-            async with self.meta_sem:
-                info = await self.store.head(node.key())
-            self.set_attrs(node, info)
+        if node.meta is None and node.rich:
+            node = await self.load_metadata(node)
+        return node
+
+    async def load_metadata(self, node: Node) -> Node:
+        """Read-write mounts show chmod/chown/touch/xattr metadata, which only a HEAD
+        returns: of the object, or of a directory's DIR_META object. Returns the node
+        (a new directory node if the object turns out to be an s3fs-style directory);
+        NotFound (and the node detached) if the object is gone."""
+        if self._is_staged(node.ino) or node.parent is None:
             if node.meta is None:
                 node.meta = ()
+            return node
+        if node.is_dir:
+            async with self.meta_sem:
+                info = await self._head_or_none(node.key() + DIR_META)
+            if info is not None and info.metadata:
+                node.meta = meta_from_object(info.metadata) or ()
+                if "mtime" in info.metadata:
+                    node.mtime_ns = mtime_ns_from_object(info)
+                self._set_rich(node, info.metadata)
+            elif node.meta is None:
+                node.meta = ()
+            return node
+        async with self.meta_sem:
+            info = await self._head_or_none(node.key())
+        if info is None:
+            parent = node.parent
+            self.detach(node)
+            raise NotFound(parent.child_key(node.name))
+        if self._is_plain_marker(info):
+            return await self._as_plain_marker_dir(node)
+        self.set_attrs(node, info)
+        if node.meta is None:
+            node.meta = ()
+        return node
+
+    def _is_plain_marker(self, info: ObjectInfo) -> bool:
+        return not self.read_only and info.size == 0 and not info.key.endswith("/") \
+            and (info.content_type or "").split(";")[0].strip() in DIR_CONTENT_TYPES
+
+    async def _as_plain_marker_dir(self, node: Node) -> Node:
+        """An object `name` (no trailing '/') with Content-Type application/x-directory
+        is a directory, as in s3fs-fuse; its children are under `name/`."""
+        parent, name = node.parent, node.name
+        self.detach(node)
+        dnode = self.new_node(parent, name, True, mtime=node.mtime)
+        dnode.plain_marker = True
+        self.stat_cache.admit(dnode)
+        return await self.load_metadata(dnode)
+
+    async def revalidate(self, node: Node) -> Node:
+        """Close-to-open: the object's current ETag and attributes (one HEAD). A change
+        drops every cached byte of it (content_changed); NotFound if it is gone."""
+        if self._is_staged(node.ino) or node.parent is None or node.is_dir:
+            return node
+        node = await self.load_metadata(node)
+        self.stat_cache.admit(node)
         return node
 
     async def lookup_or_none(self, parent: int, name: str) -> Node | None:
@@ -283,6 +386,12 @@ class Namespace:
         node = pnode.children.get(name)  # type: ignore[union-attr]
         if node is not None and node.expires > now:
             return node
+        if name == DIR_META:
+            raise NotFound(name)
+        if not self.trust_missing:
+            # a listing proves nothing about a name it lacks, and a read-write mount
+            # HEADs every object it shows anyway: one HEAD answers
+            return await self._probe(pnode, name)
         if node is None and (pnode.listed_until > now or self._negative.get((parent, name), 0.0) > now):
             raise NotFound(name)
         if self.stat_cache.enabled and pnode.listed_until <= now:
@@ -297,22 +406,42 @@ class Namespace:
         return await self._probe(pnode, name)
 
     async def _probe(self, pnode: Node, name: str) -> Node:
-        """One HEAD of the key; if there is no such object, one LIST of key/ (an
-        implicit directory). Most names are files: one request answers them."""
+        """Ask the store what a name is. Most names looked up are files: one HEAD of the
+        key, and one LIST of key/ (an implicit directory) only if there is no such
+        object. A mount that does not trust its listings also asks about names its
+        listing lacks, mostly names about to be created: one LIST from the key answers
+        "object, directory or nothing" (then a HEAD for an object's metadata); about a
+        name in a directory it never listed, the HEAD and the LIST go at once."""
         key = pnode.child_key(name)
-        listing = None
+        head: ObjectInfo | None = None
+        is_dir, marker_mtime = False, None
+        known = name in pnode.children  # type: ignore[operator]
         async with self.meta_sem:
-            head = await self._head_or_none(key)
-            if head is None:
-                # one entry answers "is it a directory?"; a marker 'key/' sorts first
-                async for listing in self.store.list_pages(key + "/", "/", page_size=1):
-                    break
-        is_dir = listing is not None and bool(listing.objects or listing.prefixes)
+            if not self.trust_missing and pnode.listed_once and not known:
+                is_object, is_dir = await self._list_name(key)
+                if is_object:
+                    head = await self._head_or_none(key)
+            else:
+                if self.trust_missing or known:
+                    head = await self._head_or_none(key)
+                    listing = await self._first_entry(key + "/") if head is None else None
+                else:  # nothing known about it: both questions at once
+                    head, listing = await asyncio.gather(self._head_or_none(key), self._first_entry(key + "/"))
+                if head is None and listing is not None and (listing.objects or listing.prefixes):
+                    is_dir = True
+                    marker_mtime = next((o.mtime for o in listing.objects if o.key == key + "/"), None)
+        plain_marker = head is not None and self._is_plain_marker(head)
+        if plain_marker:
+            is_dir, head = True, None
         if not is_dir and head is None:
             old = pnode.children.get(name)  # type: ignore[union-attr]
             if old is not None:
                 self.detach(old)
             self.remember_missing(pnode.ino, name)
+            if not self.trust_missing:
+                if len(self._probed_missing) > 1000:
+                    self._probed_missing.clear()
+                self._probed_missing[(pnode.ino, name)] = time.monotonic() + PROBED_MISSING_TTL
             raise NotFound(key)
         node = pnode.children.get(name)  # type: ignore[union-attr]
         if node is not None and node.is_dir != is_dir:
@@ -321,13 +450,35 @@ class Namespace:
         if node is None:
             node = self.new_node(pnode, name, is_dir)
         if is_dir:
-            marker = next((o for o in listing.objects if o.key == key + "/"), None)  # type: ignore[union-attr]
-            node.mtime = marker.mtime if marker else (node.mtime or self.started)
+            if node.meta is None:  # else its metadata object says (rich nodes)
+                node.mtime = marker_mtime or node.mtime or self.started
+            if plain_marker:
+                node.plain_marker = True
         else:
             self.set_attrs(node, head)  # type: ignore[arg-type]
         self.forget_missing(pnode.ino, name)
         self.stat_cache.admit(node)
         return node
+
+    async def _first_entry(self, prefix: str) -> Listing | None:
+        """One entry under prefix answers "is it a directory?" (a marker sorts first)."""
+        async for page in self.store.list_pages(prefix, "/", page_size=1):
+            return page
+        return None
+
+    async def _list_name(self, key: str) -> tuple[bool, bool]:
+        """(an object `key` exists, a directory `key/` exists) from a LIST from key. The
+        object sorts first; before `key/` come only names that continue with a byte
+        below '/' (`key.txt`, `key-1`), so the first page nearly always tells."""
+        is_object = is_dir = False
+        bound = key + "/"
+        async for page in self.store.list_pages(key, "/", page_size=16):
+            is_object = is_object or any(o.key == key for o in page.objects)
+            is_dir = is_dir or bound in page.prefixes
+            seen = [o.key for o in page.objects] + page.prefixes
+            if is_dir or (seen and max(seen) >= bound):
+                break
+        return is_object, is_dir
 
     async def _head_or_none(self, key: str) -> ObjectInfo | None:
         try:
@@ -336,6 +487,8 @@ class Namespace:
             return None
 
     def remember_missing(self, parent: int, name: str) -> None:
+        if not self.trust_missing:
+            return  # another client may create it at any time
         if self.negative_timeout > 0 or (self.stat_cache.enabled and self.options.enable_noobj_cache):
             ttl = self.stat_cache.ttl if self.options.kernel_cache else max(self.negative_timeout, 1.0)
             if len(self._negative) > max(1000, self.options.max_stat_cache_size):
@@ -344,10 +497,22 @@ class Namespace:
 
     def forget_missing(self, parent: int, name: str) -> None:
         self._negative.pop((parent, name), None)
+        self._probed_missing.pop((parent, name), None)
+
+    def just_probed_missing(self, parent: int, name: str) -> bool:
+        """The store said "no such key" for this name a moment ago: the kernel's LOOKUP
+        that precedes a CREATE/MKDIR asked already (it is never used to answer a lookup)."""
+        return self._probed_missing.pop((parent, name), 0.0) > time.monotonic()
 
     async def getattr(self, ino: int) -> Node:
         node = self.node(ino)
         if node.expires > time.monotonic() or self._is_staged(ino) or node.parent is None:
+            return node
+        if node.rich:
+            node = await self.load_metadata(node)
+            if node.is_dir:
+                node.mtime = node.mtime or self.started
+            self.stat_cache.admit(node)
             return node
         if node.is_dir:
             node.mtime = node.mtime or self.started
@@ -380,8 +545,8 @@ class Namespace:
         async with self.meta_sem:
             async for page in self.store.list_pages(prefix, "/"):
                 for sub in page.prefixes:
-                    name = sub[len(prefix):].rstrip("/")
-                    if not name or "/" in name:
+                    name = sub[len(prefix):-1]
+                    if not showable(name):
                         continue
                     seen.add(name)
                     node = children.get(name)
@@ -395,21 +560,27 @@ class Namespace:
                 for info in page.objects:
                     rel = info.key[len(prefix):]
                     if not rel:
-                        dnode.mtime = info.mtime  # the directory's own marker
+                        if dnode.meta is None:  # else its metadata object says (rich nodes)
+                            dnode.mtime = info.mtime  # the directory's own marker
                         continue
                     is_dir = rel.endswith("/")
-                    name = rel.rstrip("/")
-                    if not name or "/" in name or (not is_dir and name in seen):
+                    name = rel[:-1] if is_dir else rel
+                    if not showable(name) or (not is_dir and name in seen):
                         continue  # a file shadowed by a directory of the same name
                     seen.add(name)
                     node = children.get(name)
+                    if node is not None and not is_dir and node.is_dir and node.plain_marker:
+                        listed.append(node)  # an s3fs-style directory object (load_metadata)
+                        self.stat_cache.admit(node, now)
+                        continue
                     if node is not None and node.is_dir != is_dir:
                         self.detach(node)
                         node = None
                     if is_dir:
                         if node is None:
                             node = self.new_node(dnode, name, True)
-                        node.mtime = info.mtime
+                        if node.meta is None:
+                            node.mtime = info.mtime
                     elif node is None:  # the common case of a first listing: one step
                         node = self.new_node(dnode, name, False, info.size,
                                              mtimes.setdefault(info.mtime, info.mtime), compact_etag(info.etag))
@@ -430,8 +601,10 @@ class Namespace:
             dnode.entries = listed
             dnode.entries_until = time.monotonic() + 10.0
         elif self.stat_cache.enabled:
-            dnode.listed_until = now + self.stat_cache.ttl
+            dnode.listed_until = now + (min(self.stat_cache.ttl, RW_LISTING_TTL) if dnode.rich else self.stat_cache.ttl)
             self.stat_cache.admit(dnode, now)
+        if dnode.rich:
+            dnode.listed_once = True
         return listed
 
     async def readdir(self, ino: int) -> list[Node]:
@@ -439,9 +612,34 @@ class Namespace:
         cached = self.cached_readdir(ino)
         if cached is not None:
             return cached
+        if dnode.rich:
+            return await self._readdir_with_metadata(dnode)
         entries = await self._ensure_listed(dnode)
         dnode.ahead = False
         self._list_ahead(entries)
+        return entries
+
+    async def _readdir_with_metadata(self, dnode: Node) -> list[Node]:
+        """A read-write mount's readdir: a listing at most RW_LISTING_TTL old (other
+        clients' changes show), every entry with its object metadata (one HEAD each
+        the first time: the kernel takes READDIRPLUS attributes as they are, so a
+        symlink, a FIFO or a restored mtime must be right in the listing itself)."""
+        if dnode.listed_until <= time.monotonic():
+            listed = await self._ensure_listed(dnode)
+        else:
+            listed = list(dnode.children.values())  # type: ignore[union-attr]
+
+        async def complete(node: Node) -> Node | None:
+            if node.meta is not None:
+                return node
+            try:
+                return await self.load_metadata(node)
+            except NotFound:
+                return None  # deleted since the listing
+
+        entries = [n for n in await asyncio.gather(*(complete(n) for n in listed)) if n is not None]
+        dnode.entries = entries
+        dnode.entries_until = time.monotonic() + RW_LISTING_TTL
         return entries
 
     def _list_ahead(self, entries: list[Node]) -> None:
@@ -484,9 +682,11 @@ class Namespace:
         self._pump_ahead()
 
     async def is_empty_dir(self, prefix: str) -> bool:
-        """Two entries tell: the directory's own marker (it sorts first) and anything else."""
-        async for page in self.store.list_pages(prefix, "/", page_size=2):
-            return not (page.prefixes or any(o.key != prefix for o in page.objects))
+        """Three entries tell: the directory's own marker (it sorts first), its metadata
+        object, and anything else."""
+        own = (prefix, prefix + DIR_META)
+        async for page in self.store.list_pages(prefix, "/", page_size=3):
+            return not (page.prefixes or any(o.key not in own for o in page.objects))
         return True
 
     def stats(self) -> dict:

@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING, Any
 from pailfs.errors import MountError
 from pailfs.fs.nodes import Node
 from pailfs.fs.types import ROOT_INO
+from pailfs.errors import NoSpace, StoreError
 from pailfs.fs.writes import Staged
 
 if TYPE_CHECKING:
     from pailfs.fs.core import ObjectFileSystem
 
-FORMAT = 1
+FORMAT = 2
 
 
 async def export_state(fs: "ObjectFileSystem") -> tuple[dict[str, Any], list[int]]:
@@ -42,6 +43,7 @@ async def export_state(fs: "ObjectFileSystem") -> tuple[dict[str, Any], list[int
     for st in list(wb.staged.values()):
         async with st.lock:  # an upload in progress finishes before its file changes hands
             pass
+        wb.check_stream(st)  # a part that failed poisons the file before it changes hands
     keep: dict[int, Node] = {}
 
     def with_ancestors(node: Node | None) -> None:
@@ -58,9 +60,15 @@ async def export_state(fs: "ObjectFileSystem") -> tuple[dict[str, Any], list[int
     fds: list[int] = []
     staged = []
     for st in wb.staged.values():
-        staged.append({"ino": st.node.ino, "fd": len(fds), "size": st.size, "dirty": st.dirty,
+        # A streamed file goes over as a plain staged file: the successor uploads it
+        # whole; the predecessor's multipart upload is left to abort_stale_uploads.
+        staged.append({"ino": st.node.ino, "fd": len(fds), "size": st.size,
+                       "dirty": st.dirty or st.stream is not None,
                        "uploaded_once": st.uploaded_once, "dirty_bytes": st.dirty_bytes, "failed": st.failed,
-                       "handles": sorted(st.handles)})
+                       "handles": sorted(st.handles), "orphan": st.orphan,
+                       # a poisoned file stays poisoned: never uploaded by the successor either
+                       "error": None if st.error is None else {"nospace": isinstance(st.error, NoSpace),
+                                                                "message": str(st.error)}})
         fds.append(st.fd)
     state = {"format": FORMAT, "next_ino": ns.inodes.next_ino(), "nodes": nodes,
              "handles": [[fh, ino] for fh, ino in wb.handles.items()], "staged": staged, "kept": list(wb.kept)}
@@ -115,10 +123,17 @@ def import_state(fs: "ObjectFileSystem", state: dict[str, Any], fds: list[int]) 
         # directory may be in another container's file system)
         wb.staged[node.ino] = Staged(node, f"/proc/self/fd/{fd}", fd, rec["size"], dirty=rec["dirty"],
                                      uploaded_once=rec["uploaded_once"], dirty_bytes=rec["dirty_bytes"],
-                                     failed=rec["failed"], handles=set(rec["handles"]))
+                                     failed=rec["failed"], handles=set(rec["handles"]), orphan=rec["orphan"],
+                                     error=_error(rec["error"]))
     wb.handles.update({fh: ino for fh, ino in state["handles"]})
     wb._next_fh = max([wb._next_fh, *(fh + 1 for fh, _ in state["handles"])])  # handles stay unique
     wb.kept.extend(state["kept"])
+
+
+def _error(rec: dict[str, Any] | None) -> BaseException | None:
+    if rec is None:
+        return None
+    return NoSpace(rec["message"]) if rec["nospace"] else StoreError(rec["message"])
 
 
 def forget_exported(fs: "ObjectFileSystem") -> None:

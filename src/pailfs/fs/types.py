@@ -48,6 +48,9 @@ class Attr:
     ctime: float | None = None  # None: same as mtime
     atime: float | None = None  # None: same as mtime
     name: str = ""
+    # (atime s, ns, mtime s, ns, ctime s, ns) when the times are known to the
+    # nanosecond (read-write inodes); None: use the float fields
+    times_ns: tuple[int, int, int, int, int, int] | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -62,7 +65,7 @@ class StatFs:
     files: int = 1 << 32
     ffree: int = 1 << 32
     bsize: int = 4096
-    namelen: int = 1024
+    namelen: int = 255  # enforced for names this mount creates (mutations.NAME_MAX)
     frsize: int = 4096
 
 
@@ -76,6 +79,8 @@ class SetAttr:
     gid: int | None = None
     atime: float | None = None
     mtime: float | None = None
+    atime_ns: int | None = None  # the same times to the nanosecond, when the front end has them
+    mtime_ns: int | None = None
 
 
 class FrontEnd(Protocol):
@@ -109,6 +114,10 @@ class FileSystemOps(Protocol):
         in a stable order (one list slot per entry: no pair objects to keep)."""
 
     def cached_read(self, ino: int, offset: int, size: int) -> bytes | None: ...
+
+    def opendir(self, ino: int) -> None:
+        """OPENDIR on a read-write mount (reader thread, no I/O): the readdir of this
+        open lists the directory from the store again."""
 
     # --- cold path: coroutines on the core's loop -----------------------------
     async def lookup(self, parent: int, name: str) -> Attr: ...

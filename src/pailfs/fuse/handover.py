@@ -250,11 +250,7 @@ def _drain(session: "FuseSession") -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("requests still in flight")
         time.sleep(0.001)
-    queue = session._notify_q
-    if queue is not None:
-        written = threading.Event()
-        queue.put(written)
-        written.wait(10)
+    session.wait_notifications_written(10)
 
 
 # ---------------------------------------------------------------- the successor

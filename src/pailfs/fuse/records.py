@@ -12,7 +12,7 @@ from pailfs.fuse import protocol as P
 
 BLKSIZE = 128 * 1024              # st_blksize: stdio/cp read this much per call
 _MAX_TIMEOUT = float(2**62)
-_NS = 1_000_000_000
+NS = 1_000_000_000
 _DOT = (b".", b"..")
 
 
@@ -22,17 +22,23 @@ def split_seconds(t: float) -> tuple[int, int]:
         return 0, 0
     t = min(t, _MAX_TIMEOUT)
     s = int(t)
-    return s, min(int((t - s) * 1e9), _NS - 1)
+    return s, min(int((t - s) * 1e9), NS - 1)
 
 
 def _split_time(t: float) -> tuple[int, int]:
     s = math.floor(t)
-    return s, min(int((t - s) * 1e9), _NS - 1)
+    return s, min(int((t - s) * 1e9), NS - 1)
 
 
 def attr_values(a: Any) -> tuple:
-    """The 16 fields of fuse_attr for an Attr (times default to mtime)."""
+    """The 16 fields of fuse_attr for an Attr (times default to mtime; `times_ns`,
+    when not None, gives all three exactly: read-write inodes)."""
     size = a.size
+    exact = a.times_ns
+    if exact is not None:
+        as_, ans, ms, mns, cs, cns = exact
+        return (a.ino, size, (size + 511) >> 9, as_, ms, cs, ans, mns, cns,
+                a.mode, a.nlink, a.uid, a.gid, 0, BLKSIZE, 0)
     m = a.mtime
     ms = math.floor(m)
     mns = int((m - ms) * 1e9)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pailfs.fs.types import SetAttr
 from pailfs.fuse import protocol as P
-from pailfs.fuse.records import attr_values
+from pailfs.fuse.records import NS, attr_values
 
 if TYPE_CHECKING:
     from pailfs.fuse.session import FuseSession
@@ -35,8 +35,12 @@ class WritableRequests:
         open_flags = P.FOPEN_KEEP_CACHE if self.session.keep_cache else 0
 
         def reply(u: int, fh: int) -> None:
-            if not self.session.send(P.OPEN_REPLY.pack(32, 0, u, fh, open_flags, 0)):
-                self.session.loop.create_task(self._release_quietly(nodeid, fh))
+            # after the invalidations open() queued (close-to-open: an object that changed
+            # must not be read from pages or a size the kernel still holds)
+            loop = self.session.loop
+            self.session.send_after_notifications(
+                P.OPEN_REPLY.pack(32, 0, u, fh, open_flags, 0),
+                lambda: loop.call_soon_threadsafe(lambda: loop.create_task(self._release_quietly(nodeid, fh))))
 
         self.session.cold(unique, P.OPEN, self.fs.open(nodeid, flags), reply)
 
@@ -108,13 +112,17 @@ class WritableRequests:
             changes.size = size
         now = None
         if valid & P.FATTR_ATIME_NOW:
-            changes.atime = now = time.time()
+            changes.atime_ns = now = time.time_ns()
         elif valid & P.FATTR_ATIME:
-            changes.atime = atime + atimensec / 1e9
+            changes.atime_ns = atime * NS + atimensec
         if valid & P.FATTR_MTIME_NOW:
-            changes.mtime = now if now is not None else time.time()
+            changes.mtime_ns = now if now is not None else time.time_ns()
         elif valid & P.FATTR_MTIME:
-            changes.mtime = mtime + mtimensec / 1e9
+            changes.mtime_ns = mtime * NS + mtimensec
+        if changes.atime_ns is not None:
+            changes.atime = changes.atime_ns / NS
+        if changes.mtime_ns is not None:
+            changes.mtime = changes.mtime_ns / NS
         handle = fh if valid & P.FATTR_FH else None
         self.session.cold(unique, P.SETATTR, self.fs.setattr(nodeid, handle, changes), self.session.reply_attr)
 

@@ -41,7 +41,10 @@ Concurrency invariants
   every cold task strongly referenced.
 * Invalidation notifications are written from the notifier thread, never from a
   reader or the loop: a notification may wait for a page lock held by a
-  request whose reply the reader or loop has yet to send.
+  request whose reply the reader or loop has yet to send. An OPEN reply is
+  written after the notifications queued before it (through the same queue
+  while any are pending): an open that found the object changed must not be
+  served from the pages or the size the kernel held.
 * The hot path allocates the reply and nothing else: no logging, no exceptions
   on cache hits, one list lookup for the handler.
 """
@@ -113,6 +116,7 @@ class FuseSession:
         self._inflight: dict[int, tuple[asyncio.Task, bool]] = {}
         self._lock = threading.Lock()  # starts the notifier thread once
         self._notify_q: queue.SimpleQueue | None = None
+        self._notes_pending = 0  # notifications queued, not yet written (under _lock)
         self._handlers: list[Callable[[bytes, int, int], None]] = self._handler_table()
 
     # ------------------------------------------------------------------ running
@@ -512,7 +516,9 @@ class FuseSession:
         self.send(b"".join(out))
 
     def _opendir(self, req: bytes, unique: int, nodeid: int) -> None:
-        # rw mounts: a handle-less open with no cache flags (listings may change)
+        # rw mounts: a handle-less open with no cache flags (listings may change); the
+        # fs lists the directory afresh for this open (other clients' changes show)
+        self.fs.opendir(nodeid)
         self.send(P.OPEN_REPLY.pack(32, 0, unique, 0, 0, 0))
 
     def _statfs(self, req: bytes, unique: int, nodeid: int) -> None:
@@ -576,21 +582,48 @@ class FuseSession:
             if self._notify_q is None:
                 self._notify_q = queue.SimpleQueue()
                 threading.Thread(target=self._notifier, name="pailfs-fuse-notify", daemon=True).start()
-        self._notify_q.put(message)
+            self._notes_pending += 1
+            self._notify_q.put((message, None))
+
+    def send_after_notifications(self, reply: bytes, failed: Callable[[], None]) -> None:
+        """Send a reply now, or, while notifications are queued, behind them from the
+        notifier thread (which alone may block on the kernel's page locks)."""
+        with self._lock:
+            if self._notes_pending and self._notify_q is not None:
+                self._notes_pending += 1
+                self._notify_q.put((reply, failed))
+                return
+        if not self.send(reply):
+            failed()
+
+    def wait_notifications_written(self, timeout: float) -> None:
+        """Return once every notification queued so far was written (or timeout)."""
+        with self._lock:
+            q = self._notify_q
+        if q is not None:
+            written = threading.Event()
+            q.put(written)
+            written.wait(timeout)
 
     def _notifier(self) -> None:
         q = self._notify_q
         assert q is not None
         while True:
-            message = q.get()
-            if message is None:
+            item = q.get()
+            if item is None:
                 return
-            if isinstance(message, threading.Event):  # everything queued before it is written
-                message.set()
+            if isinstance(item, threading.Event):  # everything queued before it is written
+                item.set()
                 continue
+            message, failed = item
             try:
                 os.write(self.fd, message)
             except OSError as exc:
+                if failed is not None:
+                    failed()  # a queued reply the kernel no longer waits for
                 # ENOENT: the kernel does not know that inode/entry (nothing to drop)
-                if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR):
+                elif exc.errno not in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR):
                     log.warning("FUSE notification failed: %s", exc)
+            finally:
+                with self._lock:
+                    self._notes_pending -= 1

@@ -31,6 +31,7 @@ class ObjectInfo(NamedTuple):
     # user metadata (x-amz-meta-*, lower-case names without the prefix);
     # None when the source does not carry it (LIST results)
     metadata: Mapping[str, str] | None = None
+    content_type: str | None = None  # from HEAD (None: not known, e.g. LIST results)
 
     @property
     def is_dir_marker(self) -> bool:
@@ -112,14 +113,39 @@ class ObjectStore(abc.ABC):
 
     # --- writes ----------------------------------------------------------
     @abc.abstractmethod
-    async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        """Create or replace an object atomically."""
+    async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
+                  content_type: str | None = None) -> ObjectInfo:
+        """Create or replace an object atomically (content_type None: the store's default)."""
 
     @abc.abstractmethod
     async def put_file(self, key: str, path: str | Path, metadata: Mapping[str, str] | None = None,
-                       progress: ProgressFn | None = None) -> ObjectInfo:
+                       progress: ProgressFn | None = None, *, content_type: str | None = None) -> ObjectInfo:
         """Upload a local file; multipart above multipart_size with parallel_count parts
         in flight. The object appears only when complete; a failure leaves no object."""
+
+    # --- multipart uploads, part by part ---------------------------------
+    # For a writer that sends parts while it is still producing them. Nothing is
+    # visible under the key until complete_multipart; an upload neither completed
+    # nor aborted (the writer died) holds its parts until abort_stale_uploads or the
+    # bucket's lifecycle rules remove it. Parts are numbered from 1; every part but
+    # the last must be at least 5 MiB (S3's rule); uploading a number again replaces it.
+    async def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None, *,
+                               content_type: str | None = None) -> str:
+        """Start a multipart upload; returns its upload id."""
+        raise NotSupported(f"{self.url}: this store has no multipart uploads")
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Upload part `number`; returns its ETag (needed to complete)."""
+        raise NotSupported(f"{self.url}: this store has no multipart uploads")
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str | None:
+        """Join the parts [(number, etag), ...] (ascending) into the object, atomically;
+        returns the object's ETag."""
+        raise NotSupported(f"{self.url}: this store has no multipart uploads")
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drop an upload and its parts; an unknown upload id is not an error."""
+        raise NotSupported(f"{self.url}: this store has no multipart uploads")
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
@@ -130,8 +156,10 @@ class ObjectStore(abc.ABC):
             await self.delete(key)
 
     @abc.abstractmethod
-    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> None:
-        """Server-side copy; with metadata, the copy gets that metadata instead."""
+    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None, *,
+                   content_type: str | None = None) -> None:
+        """Server-side copy; with metadata, the copy gets that metadata (and content_type)
+        instead of the source's."""
 
     # --- upkeep ----------------------------------------------------------
     async def abort_stale_uploads(self, older_than: float, prefix: str = "",

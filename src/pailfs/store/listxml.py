@@ -71,7 +71,7 @@ def _parse_plain(body: bytes, strip: int) -> tuple[Listing, str | None] | None:
     encoded = encoding is not None and encoding.group(1).lower() == b"url"
     page = Listing()
     fields = zip(_names(keys, encoded, strip), map(int, sizes), _dates(dates),
-                 [etag or None for etag in _texts(etags)], repeat(None))  # no metadata in LIST
+                 [etag or None for etag in _texts(etags)], repeat(None), repeat(None))  # no metadata, no type
     page.objects = list(map(tuple.__new__, repeat(ObjectInfo), fields))
     page.prefixes = _names(prefixes, encoded, strip)
     truncated = _TRUNCATED.search(body)

@@ -129,15 +129,19 @@ class LocalStore(ObjectStore):
                 while chunk := f.read(_CHUNK):
                     h.update(chunk)
             etag = _quoted_md5(h)
-        metadata = dict(record.get("metadata") or {}) if with_metadata else None
-        return ObjectInfo(key, st.st_size, st.st_mtime, etag, metadata)
+        if not with_metadata:
+            return ObjectInfo(key, st.st_size, st.st_mtime, etag)
+        return ObjectInfo(key, st.st_size, st.st_mtime, etag, dict(record.get("metadata") or {}),
+                          record.get("content_type"))
 
     def _marker_info(self, key: str, with_metadata: bool) -> ObjectInfo | None:
         record = self._read_sidecar(key)
         if record is None or not self._path(key).is_dir():
             return None
-        metadata = dict(record.get("metadata") or {}) if with_metadata else None
-        return ObjectInfo(key, 0, record.get("mtime", 0.0), record.get("etag"), metadata)
+        if not with_metadata:
+            return ObjectInfo(key, 0, record.get("mtime", 0.0), record.get("etag"))
+        return ObjectInfo(key, 0, record.get("mtime", 0.0), record.get("etag"), dict(record.get("metadata") or {}),
+                          record.get("content_type"))
 
     # --- reads -----------------------------------------------------------
     async def head(self, key: str) -> ObjectInfo:
@@ -272,21 +276,22 @@ class LocalStore(ObjectStore):
         return info
 
     # --- writes ----------------------------------------------------------
-    async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        info = await self._run("write", key, self._put, key, bytes(data), None, metadata)
+    async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
+                  content_type: str | None = None) -> ObjectInfo:
+        info = await self._run("write", key, self._put, key, bytes(data), None, metadata, content_type)
         self._count("put", up=len(data))
         return info
 
     async def put_file(self, key: str, path: str | Path, metadata: Mapping[str, str] | None = None,
-                       progress: ProgressFn | None = None) -> ObjectInfo:
-        info = await self._run("upload", key, self._put, key, None, Path(path), metadata)
+                       progress: ProgressFn | None = None, *, content_type: str | None = None) -> ObjectInfo:
+        info = await self._run("upload", key, self._put, key, None, Path(path), metadata, content_type)
         self._count("put", up=info.size)
         if progress:
             progress(info.size)
         return info
 
     def _put(self, key: str, data: bytes | None, source: Path | None,
-             metadata: Mapping[str, str] | None) -> ObjectInfo:
+             metadata: Mapping[str, str] | None, content_type: str | None = None) -> ObjectInfo:
         self._require_root()
         target = self._path(key)
         meta = {k.lower(): v for k, v in (metadata or {}).items()}
@@ -295,8 +300,9 @@ class LocalStore(ObjectStore):
                 raise StoreError(f"write {self.url}/{key}: a directory marker must be empty here")
             target.mkdir(parents=True, exist_ok=True)
             now = time.time()
-            self._write_sidecar(key, {"etag": _quoted_md5(hashlib.md5()), "mtime": now, "metadata": meta})
-            return ObjectInfo(key, 0, now, _quoted_md5(hashlib.md5()), meta)
+            self._write_sidecar(key, {"etag": _quoted_md5(hashlib.md5()), "mtime": now, "metadata": meta,
+                                      "content_type": content_type})
+            return ObjectInfo(key, 0, now, _quoted_md5(hashlib.md5()), meta, content_type)
         tmp = self._tmp_path()
         try:
             h = hashlib.md5()
@@ -318,11 +324,12 @@ class LocalStore(ObjectStore):
             if target.is_dir():
                 raise IsADirectoryError(key)
             etag = _quoted_md5(h)
-            self._write_sidecar(key, {"etag": etag, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "metadata": meta})
+            self._write_sidecar(key, {"etag": etag, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "metadata": meta,
+                                      "content_type": content_type})
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        return ObjectInfo(key, st.st_size, st.st_mtime, etag, meta)
+        return ObjectInfo(key, st.st_size, st.st_mtime, etag, meta, content_type)
 
     async def delete(self, key: str) -> None:
         await self._run("delete", key, self._delete, key)
@@ -360,17 +367,95 @@ class LocalStore(ObjectStore):
                 pass
             directory = directory.parent
 
-    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> None:
-        await self._run("copy", src, self._copy, src, dst, metadata)
+    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None, *,
+                   content_type: str | None = None) -> None:
+        await self._run("copy", src, self._copy, src, dst, metadata, content_type)
         self._count("copy")
 
-    def _copy(self, src: str, dst: str, metadata: Mapping[str, str] | None) -> None:
+    def _copy(self, src: str, dst: str, metadata: Mapping[str, str] | None, content_type: str | None) -> None:
         info = self._head(src)
-        meta = info.metadata if metadata is None else metadata
+        if metadata is None:
+            metadata, content_type = info.metadata, info.content_type
         if src.endswith("/"):
-            self._put(dst, b"", None, meta)
+            self._put(dst, b"", None, metadata, content_type)
         else:
-            self._put(dst, None, self._path(src), meta)
+            self._put(dst, None, self._path(src), metadata, content_type)
+
+    # --- multipart uploads, part by part ---------------------------------
+    # An upload is a directory .pailfs-store/tmp/mpu-<id>/ holding upload.json (key,
+    # metadata, content type) and one file per part; completing joins the parts
+    # through _put (a temp file renamed into place), so the object appears whole.
+    async def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None, *,
+                               content_type: str | None = None) -> str:
+        upload_id = uuid.uuid4().hex
+        await self._run("upload", key, self._create_multipart, key, upload_id, metadata, content_type)
+        self._count("create_multipart")
+        return upload_id
+
+    def _upload_dir(self, upload_id: str) -> Path:
+        if not upload_id.isalnum():
+            raise StoreError(f"upload id {upload_id!r} is not one this store made")
+        return self._tmp / f"mpu-{upload_id}"
+
+    def _create_multipart(self, key: str, upload_id: str, metadata: Mapping[str, str] | None,
+                          content_type: str | None) -> None:
+        self._require_root()
+        self._path(key)  # validates
+        folder = self._upload_dir(upload_id)
+        folder.mkdir(parents=True)
+        record = {"key": key, "metadata": dict(metadata or {}), "content_type": content_type}
+        (folder / "upload.json").write_text(json.dumps(record))
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        etag = await self._run("upload", key, self._upload_part, key, upload_id, number, bytes(data))
+        self._count("put_part", up=len(data))
+        return etag
+
+    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        folder = self._upload_dir(upload_id)
+        if not (folder / "upload.json").is_file():
+            raise NotFound(f"upload {self.url}/{key}: no such upload")
+        if not 1 <= number <= 10000:
+            raise StoreError(f"upload {self.url}/{key}: part number {number} is out of range")
+        tmp = folder / f"{number}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / str(number))
+        return _quoted_md5(hashlib.md5(data))
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str | None:
+        info = await self._run("upload", key, self._complete_multipart, key, upload_id, list(parts))
+        self._count("complete_multipart")
+        return info.etag
+
+    def _complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> ObjectInfo:
+        folder = self._upload_dir(upload_id)
+        try:
+            record = json.loads((folder / "upload.json").read_text())
+        except FileNotFoundError:
+            raise NotFound(f"upload {self.url}/{key}: no such upload") from None
+        numbers = [n for n, _ in parts]
+        if not parts or numbers != sorted(set(numbers)) or record["key"] != key:
+            raise StoreError(f"upload {self.url}/{key}: the part list is not ascending, or names another key")
+        joined = self._tmp_path()
+        try:
+            with open(joined, "wb") as out:
+                for number, etag in parts:
+                    try:
+                        data = (folder / str(number)).read_bytes()
+                    except FileNotFoundError:
+                        raise StoreError(f"upload {self.url}/{key}: part {number} was never uploaded") from None
+                    if _quoted_md5(hashlib.md5(data)) != etag:
+                        raise StoreError(f"upload {self.url}/{key}: part {number} does not match its ETag")
+                    out.write(data)
+            info = self._put(key, None, joined, record["metadata"], record["content_type"])
+        finally:
+            joined.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        return info
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self._run("abort upload", key, lambda: shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True))
+        self._count("abort_multipart")
 
     # --- lifecycle -------------------------------------------------------
     async def check(self) -> None:

@@ -16,8 +16,9 @@ import bisect
 import collections
 import hashlib
 import time
+import uuid
 from pathlib import Path
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator, Callable, Mapping
 
 from pailfs.errors import NotFound, StoreError
 from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn
@@ -31,6 +32,8 @@ class MemoryStore(ObjectStore):
         self.url = f"memory://{name}"
         self._objects: dict[str, tuple[bytes, ObjectInfo]] = {}
         self._keys: list[str] = []  # sorted
+        # upload id -> (key, metadata, content type, started, {part number: bytes})
+        self._uploads: dict[str, tuple[str, Mapping[str, str] | None, str | None, float, dict[int, bytes]]] = {}
         self._failures: collections.defaultdict[str, collections.deque[BaseException]] = \
             collections.defaultdict(collections.deque)
 
@@ -55,11 +58,13 @@ class MemoryStore(ObjectStore):
             self.stats.errors += 1
             raise NotFound(f"{self.url}/{key}: no such key") from None
 
-    def _store(self, key: str, data: bytes, metadata: Mapping[str, str] | None) -> ObjectInfo:
+    def _store(self, key: str, data: bytes, metadata: Mapping[str, str] | None, content_type: str | None,
+               etag: str | None = None) -> ObjectInfo:
         if not key or key.startswith("/") or len(key.encode("utf-8", "surrogateescape")) > 1024:
             raise StoreError(f"put {self.url}/{key}: invalid key")
-        info = ObjectInfo(key, len(data), time.time(), f'"{hashlib.md5(data).hexdigest()}"',
-                          {name.lower(): value for name, value in (metadata or {}).items()})  # HTTP headers
+        info = ObjectInfo(key, len(data), time.time(), etag or f'"{hashlib.md5(data).hexdigest()}"',
+                          {name.lower(): value for name, value in (metadata or {}).items()},  # HTTP headers
+                          content_type or "application/octet-stream")
         if key not in self._objects:
             bisect.insort(self._keys, key)
         self._objects[key] = (bytes(data), info)
@@ -97,7 +102,7 @@ class MemoryStore(ObjectStore):
                 page.prefixes.append(common)
             else:
                 info = self._objects[key][1]
-                page.objects.append(info._replace(metadata=None))  # LIST carries no user metadata
+                page.objects.append(info._replace(metadata=None, content_type=None))  # LIST carries neither
             count += 1
             if count == size:
                 yield page
@@ -114,15 +119,16 @@ class MemoryStore(ObjectStore):
         return info
 
     # --- writes ----------------------------------------------------------------
-    async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
+                  content_type: str | None = None) -> ObjectInfo:
         self._enter("put")
         self.stats.bytes_up += len(data)
-        return self._store(key, data, metadata)
+        return self._store(key, data, metadata, content_type)
 
     async def put_file(self, key: str, path: str | Path, metadata: Mapping[str, str] | None = None,
-                       progress: ProgressFn | None = None) -> ObjectInfo:
+                       progress: ProgressFn | None = None, *, content_type: str | None = None) -> ObjectInfo:
         data = Path(path).read_bytes()
-        info = await self.put(key, data, metadata)
+        info = await self.put(key, data, metadata, content_type=content_type)
         if progress:
             progress(len(data))
         return info
@@ -132,13 +138,67 @@ class MemoryStore(ObjectStore):
         if self._objects.pop(key, None) is not None:
             self._keys.pop(bisect.bisect_left(self._keys, key))
 
-    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> None:
+    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None, *,
+                   content_type: str | None = None) -> None:
         self._enter("copy")
         data, info = self._objects.get(src, (None, None))
-        if data is None:
+        if data is None or info is None:
             self.stats.errors += 1
             raise NotFound(f"copy {self.url}/{src}: no such key")
-        self._store(dst, data, info.metadata if metadata is None else metadata)  # type: ignore[union-attr]
+        if metadata is None:  # a copy keeps the source's metadata and type
+            self._store(dst, data, info.metadata, info.content_type, info.etag)
+        else:
+            self._store(dst, data, metadata, content_type)
+
+    # --- multipart uploads ---------------------------------------------------
+    async def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None, *,
+                               content_type: str | None = None) -> str:
+        self._enter("create_multipart")
+        upload_id = uuid.uuid4().hex
+        self._uploads[upload_id] = (key, metadata, content_type, time.time(), {})
+        return upload_id
+
+    def _upload(self, key: str, upload_id: str) -> dict[int, bytes]:
+        upload = self._uploads.get(upload_id)
+        if upload is None or upload[0] != key:
+            raise NotFound(f"upload {self.url}/{key}: no such upload")
+        return upload[4]
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        self._enter("put_part")
+        parts = self._upload(key, upload_id)
+        if not 1 <= number <= 10000:
+            raise StoreError(f"upload {self.url}/{key}: part number {number} is out of range")
+        parts[number] = bytes(data)
+        self.stats.bytes_up += len(data)
+        return f'"{hashlib.md5(data).hexdigest()}"'
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str | None:
+        self._enter("complete_multipart")
+        uploaded = self._upload(key, upload_id)
+        numbers = [n for n, _ in parts]
+        if not parts or numbers != sorted(set(numbers)) or any(
+                n not in uploaded or etag != f'"{hashlib.md5(uploaded[n]).hexdigest()}"' for n, etag in parts):
+            raise StoreError(f"upload {self.url}/{key}: the parts named are not the parts uploaded")
+        if any(len(uploaded[n]) < 5 * 1024 * 1024 for n in numbers[:-1]):
+            raise StoreError(f"upload {self.url}/{key}: a part but the last is smaller than 5 MiB")
+        _, metadata, content_type, _, _ = self._uploads.pop(upload_id)
+        digests = b"".join(hashlib.md5(uploaded[n]).digest() for n in numbers)
+        etag = f'"{hashlib.md5(digests).hexdigest()}-{len(numbers)}"'
+        return self._store(key, b"".join(uploaded[n] for n in numbers), metadata, content_type, etag).etag
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        self._enter("abort_multipart")
+        self._uploads.pop(upload_id, None)
+
+    async def abort_stale_uploads(self, older_than: float, prefix: str = "",
+                                  select: Callable[[str], bool] | None = None) -> int:
+        cutoff = time.time() - older_than
+        stale = [uid for uid, (key, _, _, started, _) in self._uploads.items()
+                 if started < cutoff and key.startswith(prefix) and (select is None or select(key))]
+        for uid in stale:
+            del self._uploads[uid]
+        return len(stale)
 
     async def create_bucket(self) -> None:
         """A memory store is its own bucket, there from the start."""
