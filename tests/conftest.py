@@ -110,10 +110,28 @@ def make_bucket(seaweed, name: str | None = None) -> str:
     return name
 
 
+def drop_bucket(seaweed, name: str) -> None:
+    """Delete a test's bucket with everything in it (SeaweedFS deletes a non-empty
+    bucket and its collection): each bucket holds volume slots of the shared server,
+    and a whole run's worth of them would exhaust it."""
+
+    async def drop() -> None:
+        api = S3Api(seaweed.state().endpoint, seaweed.credentials(), REGION)
+        try:
+            resp = await api.delete_bucket(name)
+            assert resp.status_code in (204, 404), resp.text
+        finally:
+            await api.aclose()
+
+    asyncio.run(drop())
+
+
 @pytest.fixture
 def bucket(seaweed) -> str:
-    """A fresh, empty bucket for one test."""
-    return make_bucket(seaweed)
+    """A fresh, empty bucket for one test, deleted after it."""
+    name = make_bucket(seaweed)
+    yield name
+    drop_bucket(seaweed, name)
 
 
 @pytest.fixture
