@@ -66,6 +66,9 @@ class Namespace:
         self.inodes = InodeTable(self.root)
         self._negative: dict[tuple[int, str], float] = {}
         self._listing: dict[int, asyncio.Task] = {}
+        # directory ino -> until when its last complete listing is trusted, even after the
+        # stat cache evicted some of its entries (their attributes are no older than it)
+        self._listed_fresh: dict[int, float] = {}
         self._ahead: collections.deque[Node] = collections.deque(maxlen=AHEAD_QUEUE)
         self._ahead_running = 0
         self._largest_listing = 0
@@ -141,6 +144,7 @@ class Namespace:
                 return False
             self.inodes.remove(node)
         self._dropped(node.ino)
+        self._listed_fresh.pop(node.ino, None)
         if node.children:
             # children keep their parent pointer (their key): one the kernel still
             # holds stays usable; the others go with their directory
@@ -280,6 +284,14 @@ class Namespace:
         if node is None and (pnode.listed_until > now or self._negative.get((parent, name), 0.0) > now):
             raise NotFound(name)
         if self.stat_cache.enabled and pnode.listed_until <= now:
+            if self._listed_fresh.get(parent, 0.0) > now:
+                # listed within the TTL, then partly evicted (a stat cache smaller than the
+                # data set): an entry still known is trusted again, an unknown name costs one
+                # HEAD, never the whole directory again (which would evict other entries)
+                if node is not None and (node.is_dir or node.etag is not None):
+                    self.stat_cache.admit(node)
+                    return node
+                return await self._probe(pnode, name)
             # one LIST of the directory answers this and every sibling lookup
             await self._ensure_listed(pnode)
             node = pnode.children.get(name)  # type: ignore[union-attr]
@@ -346,6 +358,9 @@ class Namespace:
         if node.is_dir:
             node.mtime = node.mtime or self.started
             self.stat_cache.admit(node)
+            return node
+        if node.etag is not None and self._listed_fresh.get(node.parent.ino, 0.0) > time.monotonic():
+            self.stat_cache.admit(node)  # evicted since its directory's listing, still within the TTL
             return node
         async with self.meta_sem:
             info = await self.store.head(node.key())
@@ -418,6 +433,8 @@ class Namespace:
                 self.detach(children[name])
         dnode.entries = None
         self._largest_listing = max(self._largest_listing, len(listed))
+        if self.stat_cache.enabled:
+            self._listed_fresh[dnode.ino] = now + self.stat_cache.ttl
         if len(children) < len(seen):
             # larger than the stat cache: keep this answer (it pins its nodes) for the
             # kernel's READDIRPLUS paging, but never use it to answer lookups
