@@ -435,12 +435,11 @@ class Namespace:
         self._largest_listing = max(self._largest_listing, len(listed))
         if self.stat_cache.enabled:
             self._listed_fresh[dnode.ino] = now + self.stat_cache.ttl
-        if len(children) < len(seen):
-            # larger than the stat cache: keep this answer (it pins its nodes) for the
-            # kernel's READDIRPLUS paging, but never use it to answer lookups
-            dnode.entries = listed
-            dnode.entries_until = time.monotonic() + 10.0
-        elif self.stat_cache.enabled:
+        # keep this answer (it pins its nodes) for the kernel's READDIRPLUS paging, which
+        # must page through one list even when the stat cache evicts some of it meanwhile
+        dnode.entries = listed
+        dnode.entries_until = time.monotonic() + 10.0
+        if self.stat_cache.enabled and len(children) >= len(seen):  # larger than the cache: never complete
             dnode.listed_until = now + self.stat_cache.ttl
             self.stat_cache.admit(dnode, now)
         return listed
