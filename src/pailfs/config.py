@@ -139,6 +139,9 @@ OPTIONS: tuple[Option, ...] = (
            "0 sleeps at once.", unit="us"),
     Option("max_buffer_memory", _pos_int, 512, "Memory for read buffers (prefetched and small objects) across all files.", unit="MB"),
     Option("small_object_size", _pos_int, 1, "Objects up to this size are fetched whole on first read.", unit="MB"),
+    Option("readahead_files", _parse_bool, True, "Once a few files of a directory were read, fetch its other small files "
+           "before they are opened (at most 0.9x the bytes read there, half of max_buffer_memory); "
+           "readahead_files=0 turns it off.", kind="flag"),
     Option("connect_timeout", _seconds, 10.0, "Seconds to wait for a TCP connection to the store.", unit="SECONDS"),
     Option("readwrite_timeout", _seconds, 60.0, "Seconds one store request may take before it fails (EIO in a mount).", unit="SECONDS"),
     Option("retries", _nonneg_int, 3, "Retries of a failed store request (with backoff) before giving up.", unit="N"),
