@@ -40,9 +40,10 @@ FIRST_WINDOW = 16  # chunks fetched at once when a large object is read from its
 
 # reading ahead across files
 READS_BEFORE_AHEAD = 3  # distinct files of a directory read before anything is fetched ahead
-AHEAD_RATIO = 0.9       # until consumed: bytes fetched ahead and not read <= this x bytes read there
-CONSUMED_READS = 32     # files read (and at least CONSUMED_SHARE of them) that show a directory is
-CONSUMED_SHARE = 50     # being consumed (1/50 = 2 %): then all of it is fetched ahead
+AHEAD_RATIO = 0.9       # bytes fetched ahead and not read yet <= this x the bytes read there ...
+CONSUMED_RATIO = 4      # ... or this x once the directory is being consumed:
+CONSUMED_READS = 32     # this many files read, and at least 1/CONSUMED_SHARE of them
+CONSUMED_SHARE = 50
 AHEAD_FILES = 8192      # files fetched ahead and not read yet, across the mount
 AHEAD_IN_FLIGHT = 48    # GETs ahead in flight, across the mount
 SCANS = 64              # directories followed at once, least recently read dropped
@@ -300,15 +301,14 @@ class ObjectReader:
 
     def _top_up(self, scan: DirScan) -> None:
         """Fetch ahead what the evidence allows: unread bytes ahead up to AHEAD_RATIO x
-        the bytes read, or everything once the directory is being consumed, within the
-        mount's limits; from the cursor on, wrapping."""
+        the bytes read (CONSUMED_RATIO x once the directory is being consumed), within
+        the mount's limits; from the cursor on, wrapping."""
         if scan.reads < READS_BEFORE_AHEAD:
             return
         n = len(scan.files)
-        if scan.reads >= max(CONSUMED_READS, n // CONSUMED_SHARE):
-            allowance = float("inf")  # being consumed: the rest of it, within the mount's limits
-        else:
-            allowance = AHEAD_RATIO * scan.read_bytes - scan.ahead_bytes
+        consumed = scan.reads >= max(CONSUMED_READS, n // CONSUMED_SHARE)
+        # never more than a multiple of what was read: when the reads stop, so does this
+        allowance = (CONSUMED_RATIO if consumed else AHEAD_RATIO) * scan.read_bytes - scan.ahead_bytes
         while scan.untouched and self._ahead_in_flight < AHEAD_IN_FLIGHT and len(self._ahead) < AHEAD_FILES:
             i = scan.cursor % n
             node = scan.files[i]
