@@ -33,7 +33,7 @@ from pailfs.store.base import ObjectInfo, ObjectStore
 log = logging.getLogger(__name__)
 
 FOREVER = float(2**31)  # kernel timeouts for "never expires"
-LISTINGS_AHEAD = 4     # directory listings a walk keeps in flight ahead of the walker
+LISTINGS_AHEAD = 8     # directory listings a walk keeps in flight ahead of the walker
 AHEAD_QUEUE = 4096     # subdirectories waiting to be listed ahead
 NO_MTIME = 0.0
 
@@ -470,9 +470,14 @@ class Namespace:
 
     def _pump_ahead(self) -> None:
         now = time.monotonic()
-        while self._ahead_running < LISTINGS_AHEAD and self._ahead:
-            capacity = self.stat_cache.capacity
-            if self.stat_cache.count >= capacity or self._largest_listing * (LISTINGS_AHEAD + 1) > capacity:
+        capacity = self.stat_cache.capacity
+        # as many in flight as the cache holds next to the walker's own directory
+        in_flight = min(LISTINGS_AHEAD, capacity // max(1, self._largest_listing) - 1)
+        if in_flight <= 0:
+            self._ahead.clear()
+            return
+        while self._ahead_running < in_flight and self._ahead:
+            if self.stat_cache.count >= capacity:
                 self._ahead.clear()
                 return
             node = self._ahead.popleft()

@@ -36,7 +36,7 @@ from pailfs.store.base import ObjectStore
 log = logging.getLogger(__name__)
 
 MAX_READERS = 64  # prefetchers kept (one per inode being read), least recently used dropped
-FIRST_WINDOW = 16  # chunks fetched at once when a large object is read from its start
+FIRST_WINDOW = 32  # chunks fetched at once when a large object is read from its start
 
 # reading ahead across files
 READS_BEFORE_AHEAD = 3  # distinct files of a directory read before anything is fetched ahead
