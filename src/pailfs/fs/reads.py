@@ -45,7 +45,7 @@ CONSUMED_RATIO = 4      # ... or this x once the directory is being consumed:
 CONSUMED_READS = 32     # this many files read, and at least 1/CONSUMED_SHARE of them
 CONSUMED_SHARE = 50
 AHEAD_FILES = 8192      # files fetched ahead and not read yet, across the mount
-AHEAD_IN_FLIGHT = 48    # GETs ahead in flight, across the mount
+AHEAD_IN_FLIGHT = 64    # GETs ahead in flight, across the mount
 SCANS = 64              # directories followed at once, least recently read dropped
 
 
@@ -375,6 +375,7 @@ class ObjectReader:
                 "hits": self.memory.hits, "misses": self.memory.misses,
                 "ahead_files_fetched": self.ahead_fetched, "ahead_bytes_fetched": self.ahead_fetched_bytes,
                 "ahead_files_read": self.ahead_hits, "ahead_bytes_unread": self._ahead_bytes(),
+                "ahead_in_flight": self._ahead_in_flight, "fetches_in_flight": len(self._whole),
                 **(self.disk_cache.stats() if self.disk_cache is not None else {})}
 
     def close(self) -> None:
