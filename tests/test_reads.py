@@ -252,9 +252,15 @@ def test_small_objects_live_in_the_page_cache_not_twice(bucket, s3_env, tmp_path
             assert read_file(mnt / key) == objects[key]
         first = wait_until_settled(mnt)
         assert first["data_cache"]["memory_bytes"] < 200_000  # not 10 MB
-        for key in keys:  # the page cache answers
-            assert read_file(mnt / key) == objects[key]
-        assert mount_stats(mnt)["store"]["requests"]["get"] == first["store"]["requests"]["get"]
+        for _attempt in range(3):  # the page cache answers (a drop_caches by another job on
+            gets = mount_stats(mnt)["store"]["requests"]["get"]  # this machine may empty it once)
+            for key in keys:
+                assert read_file(mnt / key) == objects[key]
+            if mount_stats(mnt)["store"]["requests"]["get"] == gets:
+                break
+        else:
+            raise AssertionError("a warm pass fetched from the store three times in a row")
+        first = mount_stats(mnt)
         os.sync()
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("1\n")  # the kernel evicts the pages
