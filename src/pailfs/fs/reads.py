@@ -149,8 +149,10 @@ class ObjectReader:
             data = self.memory.get(node.ino)
             if data is None:
                 data = await self._fetch_whole(node)
+            if self.files_ahead and node.ino not in self._ahead:
+                self._note_read(node)
             if offset + size >= len(data):
-                self._done_reading(node.ino, node)
+                self._done_reading(node.ino)
             return data[offset:offset + size]
         return await self._prefetcher(node).read(offset, size)
 
@@ -229,7 +231,9 @@ class ObjectReader:
             del self._whole[ino]
             if len(data) != node.size:
                 node.size = len(data)
-            self.memory.put(ino, data, pinned=ahead)
+            # pinned while its read-ahead still waits for a reader (a directory no longer
+            # followed lets go of its files)
+            self.memory.put(ino, data, pinned=ahead and ino in self._ahead)
         if ahead:
             self.ahead_fetched += 1
             self.ahead_fetched_bytes += len(data)
@@ -251,11 +255,12 @@ class ObjectReader:
     def _drain_read_to_end(self) -> None:
         self._wake_scheduled = False
         while self._read_to_end:
-            self._done_reading(self._read_to_end.popleft(), None)
+            self._done_reading(self._read_to_end.popleft())
 
-    def _done_reading(self, ino: int, node: Node | None) -> None:
-        """A READ reached the end of a small object: it counts as read for the
-        read-ahead, and with kernel_cache the kernel holds it now, not us."""
+    def _done_reading(self, ino: int) -> None:
+        """A READ reached the end of a small object: one fetched ahead was read
+        (and moves the read-ahead on), and with kernel_cache the kernel holds it
+        now, not us."""
         where = self._ahead.pop(ino, None)
         if where is not None:
             scan, i = where
@@ -263,15 +268,14 @@ class ObjectReader:
                 self.ahead_hits += 1
             self.memory.unpin(ino)
             self._top_up(scan)
-        elif node is not None and self.files_ahead:
-            self._note_read(node)
         if self.one_copy:
             self.memory.discard(ino)
 
     # ------------------------------------------------------------------ reading ahead across files
     def _note_read(self, node: Node) -> None:
-        """A file read by a process (not fetched ahead): evidence that its directory
-        is being consumed."""
+        """A file read by a process (not fetched ahead; any READ of it, so objects
+        the kernel reads in several READs count too): evidence that its directory is
+        being consumed."""
         parent = node.parent
         if parent is None or parent.children is None:
             return
