@@ -14,18 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mounts import mount_stats, mounted, put_objects
+from mounts import blob, mount_stats, mounted, put_objects
 
 RO = "ro,kernel_cache,umask=022"
-
-
-def blob(seed: int, size: int) -> bytes:
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}-{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 def drop_dentries() -> None:
