@@ -39,7 +39,7 @@ def read_shuffled(mnt: Path, keys: list[str], workers: int = 4, seed: int = 0) -
     """A DataLoader's epoch: one shuffled order, each worker process its interleaved share."""
     order = list(keys)
     random.Random(seed).shuffle(order)
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:  # not fork: no inherited locks
         shares = pool.map(_read_share, [(str(mnt), order[n::workers]) for n in range(workers)])
     return {k: v for share in shares for k, v in share.items()}
 

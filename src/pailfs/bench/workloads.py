@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import multiprocessing
 import os
 import random
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -122,24 +122,49 @@ def _in_threads(items: list, fn: Callable, threads: int, budget: Budget) -> int:
     return len(items)
 
 
-def _read_share(args: tuple[list[str], float]) -> int:
-    """One worker process's share (module level: it is pickled to the worker)."""
-    paths, deadline = args
-    done = 0
-    for path in paths:
-        if time.monotonic() > deadline:
-            break
-        with open(path, "rb") as f:  # a Dataset's open(): the isatty ioctl included
-            f.read()
-        done += 1
-    return done
+# A DataLoader worker: reads the NUL-separated paths of the file argv[2] until the
+# deadline argv[1] (CLOCK_MONOTONIC, shared by every process), prints how many it read.
+_WORKER = """
+import sys, time
+deadline = float(sys.argv[1])
+with open(sys.argv[2], "rb") as f:
+    paths = f.read().split(b"\\0")
+done = 0
+for path in paths:
+    if not path or time.monotonic() > deadline:
+        break
+    with open(path, "rb") as f:  # a Dataset's open(): the isatty ioctl included
+        f.read()
+    done += 1
+print(done)
+"""
 
 
 def _in_processes(items: list[str], workers: int, budget: Budget) -> int:
-    """Read items in `workers` forked processes, each every n-th item: a DataLoader's
-    workers with their interleaved shares of one sampler order."""
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        done = sum(pool.map(_read_share, [(items[n::workers], budget.deadline) for n in range(workers)]))
+    """Read items in `workers` fresh processes at once, each every n-th item: a
+    DataLoader's workers with their interleaved shares of one sampler order. Started
+    with exec, not fork: a fork of the bench (its progress, proxy and SDK threads)
+    can inherit a held lock and hang."""
+    with tempfile.TemporaryDirectory(prefix="pailfs-loader-") as tmp:
+        procs = []
+        try:
+            for n in range(workers):
+                share = os.path.join(tmp, f"share{n}")
+                with open(share, "wb") as f:
+                    f.write("\0".join(items[n::workers]).encode())
+                procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, repr(budget.deadline), share],
+                                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE))
+            outs = [p.communicate() for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    for p, (out, err) in zip(procs, outs):
+        if p.returncode != 0:
+            raise AssertionError(f"a loader worker failed ({p.returncode}): {err.decode()[-300:]}")
+    done = sum(int(out) for out, _err in outs)
     if done < len(items):
         raise OverBudget(done, len(items))
     return done
