@@ -119,7 +119,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("kernel_cache", _parse_bool, False, "Keep the kernel page cache across opens; kernel entry/attr timeouts = stat_cache_expire.", kind="flag"),
     Option("parallel_count", _pos_int, 20, "Concurrent parts when uploading or downloading one large object.", unit="N"),
     Option("max_multireq", _pos_int, 20, "Concurrent metadata requests (HEAD/LIST); must be >= parallel_count.", unit="N"),
-    Option("max_stat_cache_size", _nonneg_int, 1000, "Metadata entries cached (LRU); 0 disables the stat cache: every lookup asks the store.", unit="N"),
+    Option("max_stat_cache_size", _nonneg_int, 1000, "Metadata entries cached (LRU); 0 disables the stat cache: every lookup asks the store. "
+           "Size it to the files and directories a job uses (about 400 bytes each); a smaller cache costs one HEAD "
+           "per lookup of an evicted entry, never a new listing.", unit="N"),
     Option("stat_cache_expire", _expire, 900, "Seconds a cached entry is trusted; -1 = forever.", unit="SECONDS"),
     Option("enable_noobj_cache", _parse_bool, True, "Cache 'no such object' answers (negative cache) like other entries.", kind="flag"),
     Option("uid", _parse_id, None, "Owner uid shown for every file (default: the mounting user).", unit="UID"),
