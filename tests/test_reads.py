@@ -258,3 +258,26 @@ def test_small_objects_live_in_the_page_cache_not_twice(bucket, s3_env, tmp_path
         for key in keys:
             assert read_file(mnt / key) == objects[key]
         assert mount_stats(mnt)["store"]["requests"]["get"] > first["store"]["requests"]["get"]
+
+
+def test_an_epoch_after_the_kernel_dropped_its_pages_is_read_ahead_again(bucket, s3_env, tmp_path):
+    """With kernel_cache pailfs keeps no second copy; when the kernel evicts the pages
+    (memory pressure, drop_caches) the next epoch comes back to pailfs: after a few
+    re-reads the directory is read ahead again, each file fetched once more."""
+    objects = {f"shard/{i:04d}.bin": blob(i, 1500) for i in range(200)}
+    put_objects(f"s3://{bucket}", objects)
+    with mounted(bucket, tmp_path / "m", RO) as mnt:
+        names = sorted(os.listdir(mnt / "shard"))
+        for name in names:
+            assert read_file(mnt / "shard" / name) == objects[f"shard/{name}"]
+        first = wait_until_settled(mnt)
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")  # the kernel evicts the pages
+        for name in names:
+            assert read_file(mnt / "shard" / name) == objects[f"shard/{name}"]
+        second = wait_until_settled(mnt)
+    assert first["store"]["requests"]["get"] == len(objects)
+    assert second["store"]["requests"]["get"] == 2 * len(objects)  # once per epoch, never more
+    again = second["data_cache"]["ahead_files_read"] - first["data_cache"]["ahead_files_read"]
+    assert again >= 0.8 * len(objects), second["data_cache"]

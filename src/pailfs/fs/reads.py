@@ -54,7 +54,7 @@ class DirScan:
     whether it is untouched, fetched ahead (not read yet) or read."""
 
     UNTOUCHED, AHEAD, READ = 0, 1, 2
-    __slots__ = ("files", "pos", "state", "reads", "read_bytes", "ahead_bytes", "cursor", "untouched")
+    __slots__ = ("files", "pos", "state", "reads", "read_bytes", "ahead_bytes", "cursor", "untouched", "evicted")
 
     def __init__(self, files: list[Node]) -> None:
         self.files = files
@@ -65,6 +65,7 @@ class DirScan:
         self.ahead_bytes = 0   # fetched (or in flight) ahead and not read yet
         self.cursor = 0        # where the next file to fetch ahead is looked for
         self.untouched = len(files)
+        self.evicted: list[Node] = []  # read before and read again from the store: the kernel evicted them
 
     def mark_read(self, i: int) -> bool:
         """File i was read; True if it had been fetched ahead."""
@@ -297,6 +298,16 @@ class ObjectReader:
         else:
             self._scans.move_to_end(parent.ino)
             seen = [node]
+            i = scan.pos.get(node.ino)
+            if i is not None and scan.state[i] == DirScan.READ:
+                # read before, and asked for again: the kernel evicted its pages (memory
+                # pressure, drop_caches). A few of those start the directory over, so a
+                # new epoch is read ahead like the first one.
+                scan.evicted.append(node)
+                if len(scan.evicted) < READS_BEFORE_AHEAD or scan.ahead_bytes:
+                    return
+                seen, scan = scan.evicted, DirScan(scan.files)
+                self._scans[parent.ino] = scan
         for read in seen:
             i = scan.pos.get(read.ino)
             if i is not None:
