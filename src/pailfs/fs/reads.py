@@ -115,7 +115,8 @@ class ObjectReader:
         self._ahead_max_bytes = self.memory.max_bytes // 2
         self._scans: collections.OrderedDict[int, DirScan] = collections.OrderedDict()
         self._dir_reads: dict[int, list[Node]] = {}  # directory ino -> files read before it is followed
-        self._ahead: dict[int, tuple[DirScan, int]] = {}  # ino fetched ahead, not read yet -> where
+        self._ahead: dict[int, tuple[DirScan, int, bytes | str | None]] = {}  # fetched ahead, not read:
+        # ino -> (where, the ETag it was fetched for)
         self._ahead_in_flight = 0
         self.ahead_fetched = self.ahead_hits = 0
         self.ahead_fetched_bytes = 0
@@ -184,6 +185,12 @@ class ObjectReader:
 
     async def _fetch_whole(self, node: Node) -> bytes:
         """The object's bytes, joining a fetch already in flight (ahead or asked for)."""
+        orphan = (node.key(), node.etag)
+        data = self.memory.get(orphan)
+        if data is not None:  # fetched ahead for an inode the namespace dropped since
+            self.memory.discard(orphan)
+            self.memory.put(node.ino, data)
+            return data
         fut = self._whole.get(node.ino)
         if fut is not None:
             try:
@@ -264,7 +271,7 @@ class ObjectReader:
         now, not us."""
         where = self._ahead.pop(ino, None)
         if where is not None:
-            scan, i = where
+            scan, i, _etag = where
             if scan.mark_read(i):
                 self.ahead_hits += 1
             self.memory.unpin(ino)
@@ -344,7 +351,7 @@ class ObjectReader:
             scan.untouched -= 1
             scan.ahead_bytes += node.size
             allowance -= node.size
-            self._ahead[node.ino] = (scan, i)
+            self._ahead[node.ino] = (scan, i, node.etag)
             self._ahead_in_flight += 1
             self._start_whole(node, ahead=True)
 
@@ -353,7 +360,7 @@ class ObjectReader:
         where = self._ahead.get(ino)
         if where is None:
             return
-        scan, i = where
+        scan, i, _etag = where
         if not ok:
             del self._ahead[ino]
             scan.unmark(i)
@@ -376,11 +383,19 @@ class ObjectReader:
 
     def discard(self, ino: int) -> None:
         """Forget every cached byte of an inode (changed in the store, or dropped)."""
+        where = self._ahead.pop(ino, None)
+        data = self.memory.get(ino) if where is not None else None
         self.memory.discard(ino)
         self._whole.pop(ino, None)  # a fetch in flight keeps its bytes to itself
-        where = self._ahead.pop(ino, None)
         if where is not None:
-            where[0].unmark(where[1])
+            scan, i, etag = where
+            scan.unmark(i)
+            if data is not None:
+                # fetched ahead and not read: a stat cache smaller than the data set drops
+                # inodes the kernel forgot, and the next lookup makes a new one; keep the
+                # bytes for it under the key and the ETag they were fetched for (an object
+                # changed since has another ETag and never finds them)
+                self.memory.put((scan.files[i].key(), etag), data)
         pf = self._prefetchers.pop(ino, None)
         if pf is not None:
             pf.close()
