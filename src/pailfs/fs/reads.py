@@ -306,14 +306,17 @@ class ObjectReader:
             self._scans.move_to_end(parent.ino)
             seen = [node]
             i = scan.pos.get(node.ino)
-            if i is not None and scan.state[i] == DirScan.READ:
-                # read before, and asked for again: the kernel evicted its pages (memory
-                # pressure, drop_caches). A few of those start the directory over, so a
-                # new epoch is read ahead like the first one.
+            if i is None or scan.state[i] == DirScan.READ:
+                # read before and asked for again, or an inode the namespace made anew (the
+                # kernel forgot the old one): the kernel evicted its pages (memory pressure,
+                # drop_caches). A few of those start the directory over from its current
+                # listing, so a new epoch is read ahead like the first one.
                 scan.evicted.append(node)
                 if len(scan.evicted) < READS_BEFORE_AHEAD or scan.ahead_bytes:
                     return
-                seen, scan = scan.evicted, DirScan(scan.files)
+                seen = scan.evicted
+                scan = DirScan([n for n in parent.children.values()
+                                if not n.is_dir and 0 < n.size <= self.small_max])
                 self._scans[parent.ino] = scan
         for read in seen:
             i = scan.pos.get(read.ino)
