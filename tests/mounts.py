@@ -22,6 +22,18 @@ def pailfs(*args: str, check: bool = False, timeout: float = 120, env: dict | No
     return proc
 
 
+def blob(seed: int, size: int) -> bytes:
+    """Deterministic test bytes: a chain of sha256 digests."""
+    import hashlib
+
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}-{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
 def is_mounted(path: str | Path) -> bool:
     target = os.path.realpath(path)
     with open("/proc/self/mountinfo") as f:

@@ -17,10 +17,20 @@ import pytest
 from pailfs.bench.dataset import MNIST, DatasetSpec, generate
 from pailfs.bench.proxy import LatencyProxy
 
-SYSTEMS = ("pailfs-ro", "pailfs-rw", "s3fs", "rclone", "sdk", "local")
-READS = ("mnist", "walk", "read1", "read1-open", "read8", "big")
+SYSTEMS = ("pailfs-ro", "pailfs-ro-half", "pailfs-rw", "s3fs", "rclone", "sdk", "local")
+READS = ("mnist", "walk", "read1", "read1-open", "read8", "big", "big-ranged", "loader", "imagefolder", "warmup")
 WRITES = ("create", "write-big")
 WRITABLE = ("pailfs-rw", "s3fs", "sdk", "local")
+
+
+def _runs(system: str, workload: str) -> bool:
+    """Which cells the bench runs: writes on writable systems, open() not on the SDK,
+    the ranged download on the SDK only, the half-size stat cache on ImageFolder only."""
+    if system == "pailfs-ro-half":
+        return workload == "imagefolder"
+    if workload == "big-ranged":
+        return system == "sdk"
+    return (workload in READS or system in WRITABLE) and not (system == "sdk" and workload == "read1-open")
 
 
 def _fuse_mounts_under(path: str) -> list[str]:
@@ -35,7 +45,7 @@ def test_bench_quick_end_to_end(tmp_path):
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "pailfs", "bench", "--quick", "--files", "60", "--big-mib", "2", "--budget", "1",
-         "--repeat", "1", "--out", str(out)],
+         "--repeat", "1", "--latency-ms", "1", "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=230, stdin=subprocess.DEVNULL)
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,13 +69,19 @@ def test_bench_quick_end_to_end(tmp_path):
         for wl in READS + WRITES:
             for phase in ("cold", "warm"):
                 row = rows[(system, wl, phase)]
-                runs = (wl in READS or system in WRITABLE) and not (system == "sdk" and wl == "read1-open")
+                runs = _runs(system, wl)
                 assert row["status"] == ("ok" if runs else "n/a"), row
                 if runs:
                     assert row["seconds"]["median"] > 0 and row["seconds"]["n"] == 1
                     assert row["fs_cpu"] >= 0
+                    assert row["proxy_cpu"] >= 0  # the latency proxy's own CPU, per pass
     for wl in results["workloads"]:
         assert wl["title"] in md
+    # pailfs's own count of store requests: the ImageFolder case with half the stat cache
+    # lists each directory about once (folder/ and its 10 classes; walked ahead by the kernel)
+    half = rows[("pailfs-ro-half", "imagefolder", "cold")]["store"]
+    assert half["get"] >= 60 and half["list"] <= 14, half
+    assert "### pailfs's store requests per pass" in md and "### CPU seconds of the latency proxy" in md
     # metadata memory for every mount
     assert {m["system"] for m in results["memory"]} == {"pailfs-ro", "pailfs-rw", "s3fs", "rclone"}
     # the checkpoint row: numbers, or an explicit "not available"
@@ -77,6 +93,16 @@ def test_bench_quick_end_to_end(tmp_path):
     assert "### Checkpoint" in md
     assert results["machine"]["nproc"] >= 1 and "seaweedfs" in results["machine"]["versions"]
     assert elapsed < 200
+
+
+def test_cli_defaults_are_the_bench_defaults():
+    """The CLI spells the defaults out (importing the bench would slow every command)."""
+    from pailfs.bench.systems import DEFAULT_SYSTEMS
+    from pailfs.bench.workloads import DEFAULT_WORKLOADS
+    from pailfs.cli import bench
+
+    assert bench.DEFAULT_SYSTEMS.split(",") == list(DEFAULT_SYSTEMS)
+    assert bench.DEFAULT_WORKLOADS.split(",") == list(DEFAULT_WORKLOADS)
 
 
 def test_unknown_system_is_one_line_error(tmp_path):

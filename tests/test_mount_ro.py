@@ -13,18 +13,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from mounts import get_object, is_mounted, mount_stats, mounted, pailfs, put_objects
+from mounts import blob, get_object, is_mounted, mount_stats, mounted, pailfs, put_objects
 
 RO = "ro,kernel_cache,max_stat_cache_size=10000,umask=022"
-
-
-def blob(seed: int, size: int) -> bytes:
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}-{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 ODD_NAMES = ["with space.txt", "ünïcödé-数据.bin", "plus+sign", "per%cent", "eq=ual", "dash-._~"]

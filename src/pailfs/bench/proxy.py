@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 
@@ -40,6 +41,16 @@ class LoopbackProxy:
     @property
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        """user + system CPU seconds of the proxy's thread (it shares the machine's
+        cores with the systems it measures: the bench reports it per pass)."""
+        try:
+            with open(f"/proc/self/task/{self._thread.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, TypeError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def start(self):
         self._thread.start()

@@ -40,6 +40,10 @@ def _na_reason(wl: "Workload", system: "System") -> str:
         return "read-only system"
     if system.kind == "sdk" and wl.on_sdk is None:
         return wl.sdk_note or "not applicable"
+    if system.kind != "sdk" and wl.on_fs is None:
+        return "SDK only"
+    if system.only is not None and wl.name not in system.only:
+        return "a variant for " + ", ".join(system.only)
     return "not run"
 
 
@@ -62,7 +66,12 @@ def build(*, cfg: "BenchConfig", systems: Sequence["System"], workloads: Sequenc
                                fs_cpu=statistics.median(s.fs_cpu / s.fraction for s in mine),
                                client_cpu=statistics.median(s.client_cpu / s.fraction for s in mine),
                                server_cpu=(statistics.median(s.server_cpu / s.fraction for s in mine)
-                                           if all(s.server_cpu is not None for s in mine) else None))
+                                           if all(s.server_cpu is not None for s in mine) else None),
+                               proxy_cpu=(statistics.median(s.proxy_cpu / s.fraction for s in mine)
+                                          if all(s.proxy_cpu is not None for s in mine) else None))
+                    stores = [s.store for s in mine if s.store is not None]
+                    if stores:  # the system's own count: the median pass by bytes fetched
+                        row["store"] = sorted(stores, key=lambda st: st.get("bytes_down", 0))[len(stores) // 2]
                 rows.append(row)
     memory = []
     for system in systems:
@@ -213,6 +222,25 @@ def markdown(results: dict, full: bool = True) -> str:
         if any(r.get("server_cpu") is not None for r in results["results"]):
             out += ["", "### CPU seconds of the object store (SeaweedFS) during the pass", ""]
             out += _table(results, server)
+    if any(r.get("proxy_cpu") is not None for r in results["results"]):
+        def proxy(w: str, p: str, n: str) -> str:
+            row = _cell(results, w, p, n)
+            if not row or row["status"] != "ok" or row.get("proxy_cpu") is None:
+                return "—"
+            return _approx(row) + fmt_s(row["proxy_cpu"])
+
+        out += ["", "### CPU seconds of the latency proxy during the pass (it shares the cores)", ""]
+        out += _table(results, proxy)
+    stores = [r for r in results["results"] if r.get("store")]
+    if stores:
+        titles = {w["name"]: w["title"] for w in results["workloads"]}
+        out += ["", "### pailfs's store requests per pass (median pass; bytes include LIST responses)", "",
+                "| workload | pass | system | LIST | HEAD | GET | MiB fetched |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        for r in stores:
+            st = r["store"]
+            out.append(f"| {titles.get(r['workload'], r['workload'])} | {r['phase']} | {r['system']} | "
+                       f"{st.get('list', 0):,} | {st.get('head', 0):,} | {st.get('get', 0):,} | "
+                       f"{st.get('bytes_down', 0) / MIB:,.1f} |")
     if results["memory"]:
         out += ["", "### Metadata memory: RSS of the mount process around a cold walk + stat", "",
                 "| system | entries stat-ed | RSS before | RSS after | bytes per entry |", "| --- | ---: | ---: | ---: | ---: |"]

@@ -90,6 +90,8 @@ class Sample:
     rss_before: int | None = None
     rss_after: int | None = None
     fraction: float = 1.0  # < 1: stopped by the budget, seconds extrapolated
+    store: dict | None = None  # the system's own store requests and bytes in the pass (pailfs)
+    proxy_cpu: float | None = None  # CPU seconds of the latency proxy in the pass
 
 
 @dataclass
@@ -105,6 +107,7 @@ class RunState:
     soak: dict[str, Any] | None = None
     verified: dict[str, str] = field(default_factory=dict)
     over_budget: set[tuple[str, str]] = field(default_factory=set)  # (system, workload): not repeated
+    proxy: LatencyProxy | None = None
 
 
 # --- small helpers --------------------------------------------------------------
@@ -166,8 +169,10 @@ def selected(cfg: BenchConfig) -> tuple[list[System], list[Workload], bool]:
 
 
 def applies(wl: Workload, system: System) -> bool:
-    """Writes only on writable systems; the SDK has no open()."""
-    return (wl.kind == "read" or system.writable) and (system.kind != "sdk" or wl.on_sdk is not None)
+    """Writes only on writable systems; the SDK has no open(); a variant runs its own workloads."""
+    return ((wl.kind == "read" or system.writable)
+            and (wl.on_sdk if system.kind == "sdk" else wl.on_fs) is not None
+            and (system.only is None or wl.name in system.only))
 
 
 # --- verification -----------------------------------------------------------------
@@ -223,6 +228,8 @@ def timed(state: RunState, s: Session, wl: Workload, fn, rep: int, phase: str, d
     ds = state.ds
     assert ds is not None
     rss_before = s.rss() if s.pids else None
+    store0 = s.system.store_stats(s)
+    proxy0 = state.proxy.cpu_seconds() if state.proxy is not None else None
     fs0, me0 = s.fs_cpu(), self_cpu()
     srv0 = cpu_seconds(state.server_pid) if state.server_pid else None
     t0 = time.perf_counter()
@@ -241,9 +248,17 @@ def timed(state: RunState, s: Session, wl: Workload, fn, rep: int, phase: str, d
                     fraction=fraction,
                     fs_cpu=s.fs_cpu() - fs0, client_cpu=self_cpu() - me0,
                     server_cpu=(cpu_seconds(state.server_pid) - srv0) if srv0 is not None else None,
-                    rss_before=rss_before, rss_after=s.rss() if s.pids else None)
+                    rss_before=rss_before, rss_after=s.rss() if s.pids else None,
+                    store=_delta(store0, s.system.store_stats(s)),
+                    proxy_cpu=state.proxy.cpu_seconds() - proxy0 if state.proxy is not None else None)
     log.info("%s %s %s rep %d: %.3fs", s.system.name, wl.name, phase, rep, seconds)
     return sample
+
+
+def _delta(before: dict | None, after: dict | None) -> dict | None:
+    if before is None or after is None:
+        return None
+    return {k: v - before.get(k, 0) for k, v in after.items()}
 
 
 # --- checkpoint -----------------------------------------------------------------
@@ -352,9 +367,9 @@ def run(cfg: BenchConfig, console: Console | None = None) -> dict[str, Any]:
             ds = prepare(spec, target, local_root, progress=lambda n: progress.advance(task, n))
             state.ds = ds
             if cfg.latency_ms > 0:
-                proxy = LatencyProxy(*target.host_port, cfg.latency_ms).start()
+                proxy = state.proxy = LatencyProxy(*target.host_port, cfg.latency_ms).start()
                 target = target.via(proxy.endpoint)
-            state.env = Env(target, workdir, local_root)
+            state.env = Env(target, workdir, local_root, files=len(ds.folder_keys))
 
             progress.update(task, description="verifying bytes on every system", total=len(systems), completed=0)
             for system in systems:

@@ -19,13 +19,17 @@ class MemoryCache:
     """Whole objects by key, LRU, bounded in bytes together with the readahead
     buffers of every Prefetcher (`reserve`/`release`): one bound for all read
     memory (max_buffer_memory). Readahead displaces cached small objects; a
-    reader's own chunks are always granted."""
+    reader's own chunks are always granted. Objects put `pinned` (fetched ahead of
+    their reader) are not evicted until `unpin` or `discard`: dropping them would
+    fetch their bytes twice; their owner bounds how many it pins."""
 
     def __init__(self, max_bytes: int, reclaim: Callable[[int], None] | None = None) -> None:
         self.max_bytes = max_bytes
         self.used = 0          # bytes of cached objects
         self.reserved = 0      # bytes held by prefetchers
+        self.pinned = 0        # bytes of pinned objects (part of used)
         self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._pins: set[Hashable] = set()
         self.hits = 0
         self.misses = 0
         # called with a size when readahead finds no room: frees other readers' buffers
@@ -37,15 +41,21 @@ class MemoryCache:
             self.hits += 1
         return data
 
-    def put(self, key: Hashable, data: bytes) -> None:
+    def put(self, key: Hashable, data: bytes, *, pinned: bool = False) -> None:
         if len(data) > self.max_bytes:
             return
-        old = self._items.pop(key, None)
-        if old is not None:
-            self.used -= len(old)
+        self.discard(key)
         self._items[key] = data
         self.used += len(data)
+        if pinned:
+            self._pins.add(key)
+            self.pinned += len(data)
         self._shrink(self.max_bytes)
+
+    def unpin(self, key: Hashable) -> None:
+        if key in self._pins:
+            self._pins.discard(key)
+            self.pinned -= len(self._items[key])
 
     def reserve(self, size: int, *, force: bool = False) -> bool:
         """Take size bytes for readahead, evicting cached objects if need be; False if
@@ -66,20 +76,29 @@ class MemoryCache:
         self.reserved -= size
 
     def _shrink(self, limit: int) -> None:
-        while self._items and self.used + self.reserved > limit:
-            _, victim = self._items.popitem(last=False)
+        while self.used > self.pinned and self.used + self.reserved > limit:
+            key, victim = self._items.popitem(last=False)
+            if key in self._pins:
+                self._items[key] = victim  # to the young end: evict around it
+                continue
             self.used -= len(victim)
 
     def discard(self, key: Hashable) -> None:
+        self.unpin(key)
         old = self._items.pop(key, None)
         if old is not None:
             self.used -= len(old)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
 
 
 class Prefetcher:
     """Reads one large object in chunks, with a readahead window that doubles on
     sequential reads (up to max_window bytes) and resets on a seek.
 
+    A first read from the start of at least half a chunk (the kernel's large
+    READs of a sequential reader) starts with `first_window` chunks at once.
     The kernel's own readahead sends several READs at once, a little out of
     order: a read within `slack` bytes of the furthest one so far still counts
     as sequential. Missing chunks are fetched by ranged GETs of up to `group`
@@ -92,7 +111,8 @@ class Prefetcher:
     """
 
     def __init__(self, fetch: FetchRange, size: int, chunk_size: int = MiB, max_window: int = 64 * MiB,
-                 parallel: int = 20, group: int = 8, slack: int = 4 * MiB, *, budget: MemoryCache) -> None:
+                 parallel: int = 20, group: int = 8, slack: int = 4 * MiB, *, budget: MemoryCache,
+                 first_window: int = 1) -> None:
         self.fetch = fetch
         self.budget = budget
         self.size = size
@@ -103,7 +123,9 @@ class Prefetcher:
         self._sem = asyncio.Semaphore(parallel)
         self.chunks: dict[int, asyncio.Future[memoryview]] = {}
         self.window = 1
+        self.first_window = max(1, min(first_window, self.max_window_chunks))
         self.next_offset = 0  # end of the furthest read so far
+        self.reads = 0
 
     def cached(self, offset: int, size: int) -> memoryview | bytes | None:
         """The bytes if every chunk they need is already here (reader thread)."""
@@ -125,10 +147,15 @@ class Prefetcher:
             return b""
         cs = self.chunk_size
         first, last = offset // cs, (end - 1) // cs
-        if abs(offset - self.next_offset) <= self.slack:
+        if self.reads == 0 and offset == 0 and size >= cs // 2:
+            # a large first read from the start is a sequential reader: start with the
+            # whole first window in parallel ranges, not one that doubles a round trip at a time
+            self.window = self.first_window
+        elif abs(offset - self.next_offset) <= self.slack:
             self.window = min(self.window * 2, self.max_window_chunks)
         else:
             self.window = 1
+        self.reads += 1
         self.next_offset = max(self.next_offset, end) if self.window > 1 else end
         last_chunk = (self.size - 1) // cs
         self._schedule(first, last, min(last + self.window, last_chunk))

@@ -13,10 +13,13 @@ the hot path (reader thread) only reads `expires` and writes `used`.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from operator import attrgetter
 from typing import Callable, Iterable, Protocol
+
+log = logging.getLogger(__name__)
 
 
 class Cached(Protocol):
@@ -37,6 +40,7 @@ class StatCache:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        self._warned = False
 
     @property
     def enabled(self) -> bool:
@@ -80,6 +84,11 @@ class StatCache:
         # expired entries go first, then least recently used (ticks mostly follow the
         # population's order, so the sort is close to one linear pass)
         excess = self.count - target
+        if not self._warned:
+            self._warned = True
+            log.warning("the stat cache is full (max_stat_cache_size=%d): evicted entries cost a HEAD "
+                        "each when looked up again; size it to the number of files and directories "
+                        "the job uses (about 400 bytes of memory each)", self.capacity)
         victims = [e for e in cached if e.expires <= now][:excess]
         if len(victims) < excess:
             live = [e for e in cached if e.expires > now]

@@ -51,7 +51,7 @@ from pailfs.store.base import Listing, ObjectInfo, ObjectStore
 log = logging.getLogger(__name__)
 
 FOREVER = float(2**31)  # kernel timeouts for "never expires"
-LISTINGS_AHEAD = 4     # directory listings a walk keeps in flight ahead of the walker
+LISTINGS_AHEAD = 8     # directory listings a walk keeps in flight ahead of the walker
 AHEAD_QUEUE = 4096     # subdirectories waiting to be listed ahead
 NO_MTIME = 0.0
 NAME_MAX = 255         # bytes in one name (Linux; longer ones cannot be looked up)
@@ -96,6 +96,9 @@ class Namespace:
         self._negative: dict[tuple[int, str], float] = {}
         self._probed_missing: dict[tuple[int, str], float] = {}
         self._listing: dict[int, asyncio.Task] = {}
+        # directory ino -> until when its last complete listing is trusted, even after the
+        # stat cache evicted some of its entries (their attributes are no older than it)
+        self._listed_fresh: dict[int, float] = {}
         self._ahead: collections.deque[Node] = collections.deque(maxlen=AHEAD_QUEUE)
         self._ahead_running = 0
         self._largest_listing = 0
@@ -177,6 +180,7 @@ class Namespace:
                 return False
             self.inodes.remove(node)
         self._dropped(node.ino)
+        self._listed_fresh.pop(node.ino, None)
         if node.children:
             # children keep their parent pointer (their key): one the kernel still
             # holds stays usable; the others go with their directory
@@ -395,6 +399,14 @@ class Namespace:
         if node is None and (pnode.listed_until > now or self._negative.get((parent, name), 0.0) > now):
             raise NotFound(name)
         if self.stat_cache.enabled and pnode.listed_until <= now:
+            if self._listed_fresh.get(parent, 0.0) > now:
+                # listed within the TTL, then partly evicted (a stat cache smaller than the
+                # data set): an entry still known is trusted again, an unknown name costs one
+                # HEAD, never the whole directory again (which would evict other entries)
+                if node is not None and (node.is_dir or node.etag is not None):
+                    self.stat_cache.admit(node)
+                    return node
+                return await self._probe(pnode, name)
             # one LIST of the directory answers this and every sibling lookup
             await self._ensure_listed(pnode)
             node = pnode.children.get(name)  # type: ignore[union-attr]
@@ -518,6 +530,9 @@ class Namespace:
             node.mtime = node.mtime or self.started
             self.stat_cache.admit(node)
             return node
+        if node.etag is not None and self._listed_fresh.get(node.parent.ino, 0.0) > time.monotonic():
+            self.stat_cache.admit(node)  # evicted since its directory's listing, still within the TTL
+            return node
         async with self.meta_sem:
             info = await self.store.head(node.key())
         self.set_attrs(node, info)
@@ -595,12 +610,13 @@ class Namespace:
                 self.detach(children[name])
         dnode.entries = None
         self._largest_listing = max(self._largest_listing, len(listed))
-        if len(children) < len(seen):
-            # larger than the stat cache: keep this answer (it pins its nodes) for the
-            # kernel's READDIRPLUS paging, but never use it to answer lookups
-            dnode.entries = listed
-            dnode.entries_until = time.monotonic() + 10.0
-        elif self.stat_cache.enabled:
+        if self.stat_cache.enabled:
+            self._listed_fresh[dnode.ino] = now + self.stat_cache.ttl
+        # keep this answer (it pins its nodes) for the kernel's READDIRPLUS paging, which
+        # must page through one list even when the stat cache evicts some of it meanwhile
+        dnode.entries = listed
+        dnode.entries_until = time.monotonic() + 10.0
+        if self.stat_cache.enabled and len(children) >= len(seen):  # larger than the cache: never complete
             dnode.listed_until = now + (min(self.stat_cache.ttl, RW_LISTING_TTL) if dnode.rich else self.stat_cache.ttl)
             self.stat_cache.admit(dnode, now)
         if dnode.rich:
@@ -658,9 +674,14 @@ class Namespace:
 
     def _pump_ahead(self) -> None:
         now = time.monotonic()
-        while self._ahead_running < LISTINGS_AHEAD and self._ahead:
-            capacity = self.stat_cache.capacity
-            if self.stat_cache.count >= capacity or self._largest_listing * (LISTINGS_AHEAD + 1) > capacity:
+        capacity = self.stat_cache.capacity
+        # as many in flight as the cache holds next to the walker's own directory
+        in_flight = min(LISTINGS_AHEAD, capacity // max(1, self._largest_listing) - 1)
+        if in_flight <= 0:
+            self._ahead.clear()
+            return
+        while self._ahead_running < in_flight and self._ahead:
+            if self.stat_cache.count >= capacity:
                 self._ahead.clear()
                 return
             node = self._ahead.popleft()
