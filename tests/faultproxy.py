@@ -284,7 +284,7 @@ class FaultProxy(LoopbackProxy):
         async def drop() -> None:
             for task in list(self._conns):
                 task.cancel()
-        asyncio.run_coroutine_threadsafe(drop(), self._loop).result(10)
+        self.run(drop())
 
     # --- modes -------------------------------------------------------------------
     def _set(self, mode: _Mode) -> None:

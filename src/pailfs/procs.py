@@ -1,8 +1,27 @@
-"""Process facts read from /proc, shared by the server, the mount commands and the checkpointer."""
+"""Process facts read from /proc, shared by the server, the mount commands and the
+checkpointer; and this process's environment, set for a while."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables (for the store, the Checkpointer and the `pailfs mount`
+    children: secrets travel in the environment, never in argv); restored afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
 import time
+
+from pailfs.aio import LoopThread
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,7 @@ class LoopbackProxy:
         self.upstream = (upstream_host, upstream_port)
         self.host = host
         self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=self.thread_name, daemon=True)
+        self._loop_thread: LoopThread | None = None
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task] = set()
 
@@ -46,21 +46,21 @@ class LoopbackProxy:
         """user + system CPU seconds of the proxy's thread (it shares the machine's
         cores with the systems it measures: the bench reports it per pass)."""
         try:
-            with open(f"/proc/self/task/{self._thread.native_id}/stat") as f:
+            with open(f"/proc/self/task/{self._loop_thread.thread.native_id}/stat") as f:  # type: ignore[union-attr]
                 fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, TypeError):
+        except (OSError, TypeError, AttributeError):
             return 0.0
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def start(self):
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._accept, self.host, 0, limit=self.stream_limit), self._loop).result(10)
+        self._loop_thread = LoopThread(self.thread_name)
+        self._server = self._loop_thread.run(
+            asyncio.start_server(self._accept, self.host, 0, limit=self.stream_limit), 10)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     def stop(self) -> None:
-        if not self._thread.is_alive():
+        if self._loop_thread is None or self._loop_thread.closed:
             return
 
         async def shutdown() -> None:
@@ -71,9 +71,12 @@ class LoopbackProxy:
             await asyncio.gather(*self._conns, return_exceptions=True)
 
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+            self._loop_thread.run(shutdown(), 10)
+        self._loop_thread.stop(timeout=10)
+
+    def run(self, coro, timeout: float = 10):  # noqa: ANN001, ANN201
+        """Run a coroutine on the proxy's loop (subclasses changing live connections)."""
+        return self._loop_thread.run(coro, timeout)  # type: ignore[union-attr]
 
     def __enter__(self):
         return self.start()

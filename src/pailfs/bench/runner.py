@@ -26,17 +26,38 @@ from typing import Any, Iterator
 
 import obstore
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from pailfs.bench import machine, report
 from pailfs.bench.dataset import MIB, Dataset, DatasetSpec, prepare, sha256_file
 from pailfs.bench.proxy import LatencyProxy
 from pailfs.bench.systems import (
-    DEFAULT_SYSTEMS, BenchError, Env, Session, System, all_systems, cpu_seconds, fuse_mounts_under, pids_serving,
+    DEFAULT_SYSTEMS,
+    BenchError,
+    Env,
+    Session,
+    System,
+    all_systems,
+    cpu_seconds,
+    fuse_mounts_under,
+    pids_serving,
     unmount,
 )
 from pailfs.bench.target import Target
-from pailfs.bench.workloads import BY_NAME, DEFAULT_WORKLOADS, Budget, OverBudget, Workload
+from pailfs.bench.workloads import (
+    BY_NAME,
+    DEFAULT_WORKLOADS,
+    Budget,
+    OverBudget,
+    Workload,
+)
+from pailfs.procs import environ
 
 log = logging.getLogger(__name__)
 
@@ -264,24 +285,10 @@ def _delta(before: dict | None, after: dict | None) -> dict | None:
 # --- checkpoint -----------------------------------------------------------------
 def checkpointer_class() -> tuple[type | None, str]:
     try:
-        from pailfs import Checkpointer  # type: ignore[attr-defined]
+        from pailfs.checkpoint import Checkpointer
         return Checkpointer, ""
     except ImportError as exc:
         return None, f"not available: pailfs.Checkpointer is missing in this build ({exc})"
-
-
-@contextlib.contextmanager
-def environ(extra: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def checkpoint_cells(state: RunState, rep: int) -> None:

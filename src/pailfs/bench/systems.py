@@ -278,18 +278,11 @@ class PailfsMount(MountSystem):
         return {**stats["requests"], "bytes_down": stats["bytes_down"]}
 
     def check(self) -> None:
-        try:
-            import pailfs.cli.mount  # noqa: F401
-            import pailfs.fs.core  # noqa: F401
-            import pailfs.fuse  # noqa: F401
-            from pailfs.store import open_store  # noqa: F401
-        except ImportError as exc:
-            raise BenchError(f"{self.name}: `pailfs mount` is not available in this build ({exc})") from None
         if not os.path.exists("/dev/fuse"):
             raise BenchError(f"{self.name}: /dev/fuse is missing")
 
     def version(self) -> str:
-        from pailfs import __version__
+        from pailfs.version import __version__
         return f"pailfs {__version__}"
 
     def mount_command(self, env: Env, mountpoint: str, rw: bool) -> tuple[list[str], dict[str, str]]:

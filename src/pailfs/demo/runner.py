@@ -31,12 +31,20 @@ from typing import Iterator
 
 import numpy as np
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TransferSpeedColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
 from pailfs.demo.data import FILES, make_digits, write_dataset
 from pailfs.demo.training import SEED, Checkpoint, DirectorySink, RunResult, train
 from pailfs.errors import MountError, PailfsError
+from pailfs.procs import environ
 
 log = logging.getLogger(__name__)
 
@@ -105,22 +113,6 @@ class DemoResult:
 
 # --- plumbing ---------------------------------------------------------------------
 @contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the store, the Checkpointer and `pailfs mount`
-    (secrets travel in the environment, never in argv); restore them afterwards."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, old in saved.items():
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
-
-
-@contextlib.contextmanager
 def _spinner(console: Console, text: str) -> Iterator[None]:
     # progress only on a terminal: a pipe (CI, tests) gets the plain lines alone
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -136,7 +128,7 @@ def object_store(endpoint: str | None, bucket: str, console: Console) -> Iterato
     Without an endpoint an embedded SeaweedFS is started in a temporary data dir
     (with the bucket) and stopped again, whatever happens inside."""
     if endpoint:
-        with _environ({"PAILFS_ENDPOINT": endpoint}):
+        with environ({"PAILFS_ENDPOINT": endpoint}):
             yield endpoint, False
         return
     from pailfs.server import SeaweedServer
@@ -145,10 +137,10 @@ def object_store(endpoint: str | None, bucket: str, console: Console) -> Iterato
     server = SeaweedServer(data_dir)
     try:
         # weed writes its glog files to $TMPDIR: keep them in the data dir removed below
-        with _spinner(console, "starting the embedded SeaweedFS"), _environ({"TMPDIR": str(data_dir)}):
+        with _spinner(console, "starting the embedded SeaweedFS"), environ({"TMPDIR": str(data_dir)}):
             state = server.start(buckets=[bucket])
         console.print(f"Embedded SeaweedFS at {state.endpoint} (bucket {bucket})")
-        with _environ(server.env(state)):
+        with environ(server.env(state)):
             yield state.endpoint, True
     finally:
         try:
