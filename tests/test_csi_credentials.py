@@ -156,7 +156,7 @@ def test_ack_pv_url_without_scheme_plans_https_virtual_hosted():
                                    "path": "/tf-train/train/data", "otherOpts": "umask=022,max_stat_cache_size=0"})
     plan = plan_mount(req)
     from pailfs.config import parse_options
-    from pailfs.store.s3 import endpoint_of
+    from pailfs.store.endpoint import endpoint_of
 
     address = endpoint_of(parse_options([",".join(plan.tokens)], env={}))
     assert address.bucket_url("tf-bucket") == "https://tf-bucket.oss-cn-hangzhou-internal.aliyuncs.com"

@@ -77,7 +77,7 @@ def ls_cmd(url: str = typer.Argument("s3://", help="s3://bucket/prefix; s3:// li
     async def main(stores: Stores) -> None:
         if not loc.bucket:
             from pailfs.credentials import resolve_credentials
-            from pailfs.store.s3 import list_buckets
+            from pailfs.store.s3api import list_buckets
             if not opts.url:
                 raise BadOption("no endpoint: pass --endpoint URL or -o url=URL, or set PAILFS_ENDPOINT")
             for name, created in await list_buckets(opts.url, resolve_credentials(None, opts), opts):

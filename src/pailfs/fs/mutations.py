@@ -30,7 +30,8 @@ from pailfs.errors import (
     DirectoryNotEmpty, IsADirectory, NoSpace, NoSuchAttribute, NotADirectory, NotPermitted, NotSupported,
     ReadOnly,
 )
-from pailfs.fs.namespace import RW_LISTING_TTL, Namespace
+from pailfs.fs.namespace import Namespace
+from pailfs.fs.rw_metadata import RW_LISTING_TTL
 from pailfs.fs.nodes import (
     DIR_CONTENT_TYPE, DIR_CONTENT_TYPES, DIR_META, NS, XATTR_META_MAX, Node, compact_etag, content_type_of,
     encode_xattrs, object_metadata,
@@ -111,7 +112,7 @@ class Mutations:
     async def _with_metadata(self, node: Node) -> Node:
         """A node whose stored metadata is known, so that writing it back keeps it."""
         if node.meta is None and node.rich:
-            node = await self.ns.load_metadata(node)
+            node = await self.ns.rw.load(node)
         return node
 
     async def _save(self, node: Node, snapshot: tuple) -> None:
@@ -138,7 +139,7 @@ class Mutations:
                 raise NotPermitted("overwriting is disabled on this mount (nodelete)")
         if node.rich and not flags & os.O_TRUNC:
             # close-to-open: what another client changed since is seen now (one HEAD)
-            node = await self.ns.revalidate(node)
+            node = await self.ns.rw.revalidate(node)
             if node.is_dir:
                 raise IsADirectory(node.key())
         return await self.writes.open(node, flags)

@@ -42,20 +42,19 @@ from pailfs.cache.stat import StatCache
 from pailfs.config import Options
 from pailfs.errors import NotADirectory, NotFound
 from pailfs.fs.nodes import (
-    DIR_CONTENT_TYPES, DIR_META, XATTR_META, InodeTable, Node, compact_etag, decode_xattrs, meta_from_object,
-    mtime_ns_from_object, node_kinds, parse_ns, presentation,
+    DIR_META, InodeTable, Node, compact_etag, meta_from_object,
+    mtime_ns_from_object, node_kinds, presentation,
 )
 from pailfs.fs.types import ROOT_INO
+from pailfs.fs.rw_metadata import RW_LISTING_TTL, RwMetadata, set_rich
+from pailfs.fs.walk import WalkAhead
 from pailfs.store.base import Listing, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
 FOREVER = float(2**31)  # kernel timeouts for "never expires"
-LISTINGS_AHEAD = 8     # directory listings a walk keeps in flight ahead of the walker
-AHEAD_QUEUE = 4096     # subdirectories waiting to be listed ahead
 NO_MTIME = 0.0
 NAME_MAX = 255         # bytes in one name (Linux; longer ones cannot be looked up)
-RW_LISTING_TTL = 1.0   # seconds a read-write mount's readdir reuses a listing
 PROBED_MISSING_TTL = 1.0  # seconds a store's "no such key" spares the create that follows
 
 
@@ -79,7 +78,7 @@ class Namespace:
         self.store = store
         self.options = options
         self.read_only = options.read_only
-        self._is_staged = is_staged
+        self.is_staged = is_staged
         self._content_changed = content_changed
         self._dropped = dropped
         self.look = presentation(options)
@@ -99,9 +98,9 @@ class Namespace:
         # directory ino -> until when its last complete listing is trusted, even after the
         # stat cache evicted some of its entries (their attributes are no older than it)
         self._listed_fresh: dict[int, float] = {}
-        self._ahead: collections.deque[Node] = collections.deque(maxlen=AHEAD_QUEUE)
-        self._ahead_running = 0
-        self._largest_listing = 0
+        self.largest_listing = 0  # entries of the largest directory listed so far
+        self.walk = WalkAhead(self)
+        self.rw = RwMetadata(self)
         self.meta_sem = asyncio.Semaphore(options.max_multireq)
         self._ref_lock = threading.Lock()
         self._forgotten: collections.deque[int] = collections.deque()
@@ -197,7 +196,7 @@ class Namespace:
             if parent.entries is not None and parent.entries_until <= time.monotonic() \
                     and parent.listed_until <= 0.0:
                 parent.entries = None
-            if node.nlookup <= 0 and not node.children and not self._is_staged(node.ino) \
+            if node.nlookup <= 0 and not node.children and not self.is_staged(node.ino) \
                     and parent.entries is None:
                 if parent.children is not None and parent.children.get(node.name) is node:
                     del parent.children[node.name]
@@ -212,18 +211,11 @@ class Namespace:
         if info.metadata is not None:
             node.meta = meta_from_object(info.metadata) or ()
             if node.rich:
-                self._set_rich(node, info.metadata)
+                set_rich(node, info.metadata)
         elif changed and node.rich:
             node.meta = None  # changed by someone else: its metadata is read again
         if changed:
             self._content_changed(node.ino)
-
-    @staticmethod
-    def _set_rich(node: Node, metadata: dict) -> None:
-        """ctime, atime and extended attributes of a read-write inode from its metadata."""
-        node.ctime_ns = parse_ns(metadata.get("ctime"))
-        node.atime_ns = parse_ns(metadata.get("atime"))
-        node.xattrs = decode_xattrs(metadata.get(XATTR_META)) or None
 
     # ------------------------------------------------------------------ refs
     # The kernel's lookup counts change on two threads: ref() runs in the reader
@@ -257,7 +249,7 @@ class Namespace:
         self._forget_scheduled = False
         while self._forgotten:
             node = self.inodes.get(self._forgotten.popleft())
-            if node is None or node.expires != 0.0 or self._is_staged(node.ino):
+            if node is None or node.expires != 0.0 or self.is_staged(node.ino):
                 continue
             parent = node.parent
             if parent is None or parent.children is None or parent.children.get(node.name) is not node:
@@ -282,7 +274,7 @@ class Namespace:
 
     def cached_getattr(self, ino: int) -> Node | None:
         node = self.inodes.get(ino)
-        if node is not None and (node.expires > time.monotonic() or self._is_staged(ino)):
+        if node is not None and (node.expires > time.monotonic() or self.is_staged(ino)):
             return node
         return None
 
@@ -301,7 +293,7 @@ class Namespace:
             # listed ahead of a walk that has now reached it: go one level further
             node.ahead = False
             try:
-                self._loop.call_soon_threadsafe(self._list_ahead, entries)
+                self._loop.call_soon_threadsafe(self.walk.queue, entries)
             except RuntimeError:
                 pass  # the loop is closed: the mount is ending
         return entries
@@ -319,63 +311,7 @@ class Namespace:
     async def lookup(self, parent: int, name: str) -> Node:
         node = await self._lookup(parent, name)
         if node.meta is None and node.rich:
-            node = await self.load_metadata(node)
-        return node
-
-    async def load_metadata(self, node: Node) -> Node:
-        """Read-write mounts show chmod/chown/touch/xattr metadata, which only a HEAD
-        returns: of the object, or of a directory's DIR_META object. Returns the node
-        (a new directory node if the object turns out to be an s3fs-style directory);
-        NotFound (and the node detached) if the object is gone."""
-        if self._is_staged(node.ino) or node.parent is None:
-            if node.meta is None:
-                node.meta = ()
-            return node
-        if node.is_dir:
-            async with self.meta_sem:
-                info = await self._head_or_none(node.key() + DIR_META)
-            if info is not None and info.metadata:
-                node.meta = meta_from_object(info.metadata) or ()
-                if "mtime" in info.metadata:
-                    node.mtime_ns = mtime_ns_from_object(info)
-                self._set_rich(node, info.metadata)
-            elif node.meta is None:
-                node.meta = ()
-            return node
-        async with self.meta_sem:
-            info = await self._head_or_none(node.key())
-        if info is None:
-            parent = node.parent
-            self.detach(node)
-            raise NotFound(parent.child_key(node.name))
-        if self._is_plain_marker(info):
-            return await self._as_plain_marker_dir(node)
-        self.set_attrs(node, info)
-        if node.meta is None:
-            node.meta = ()
-        return node
-
-    def _is_plain_marker(self, info: ObjectInfo) -> bool:
-        return not self.read_only and info.size == 0 and not info.key.endswith("/") \
-            and (info.content_type or "").split(";")[0].strip() in DIR_CONTENT_TYPES
-
-    async def _as_plain_marker_dir(self, node: Node) -> Node:
-        """An object `name` (no trailing '/') with Content-Type application/x-directory
-        is a directory, as in s3fs-fuse; its children are under `name/`."""
-        parent, name = node.parent, node.name
-        self.detach(node)
-        dnode = self.new_node(parent, name, True, mtime=node.mtime)
-        dnode.plain_marker = True
-        self.stat_cache.admit(dnode)
-        return await self.load_metadata(dnode)
-
-    async def revalidate(self, node: Node) -> Node:
-        """Close-to-open: the object's current ETag and attributes (one HEAD). A change
-        drops every cached byte of it (content_changed); NotFound if it is gone."""
-        if self._is_staged(node.ino) or node.parent is None or node.is_dir:
-            return node
-        node = await self.load_metadata(node)
-        self.stat_cache.admit(node)
+            node = await self.rw.load(node)
         return node
 
     async def lookup_or_none(self, parent: int, name: str) -> Node | None:
@@ -408,7 +344,7 @@ class Namespace:
                     return node
                 return await self._probe(pnode, name)
             # one LIST of the directory answers this and every sibling lookup
-            await self._ensure_listed(pnode)
+            await self.ensure_listed(pnode)
             node = pnode.children.get(name)  # type: ignore[union-attr]
             if node is not None and node.expires > time.monotonic():
                 return node
@@ -432,17 +368,17 @@ class Namespace:
             if not self.trust_missing and pnode.listed_once and not known:
                 is_object, is_dir = await self._list_name(key)
                 if is_object:
-                    head = await self._head_or_none(key)
+                    head = await self.head_or_none(key)
             else:
                 if self.trust_missing or known:
-                    head = await self._head_or_none(key)
+                    head = await self.head_or_none(key)
                     listing = await self._first_entry(key + "/") if head is None else None
                 else:  # nothing known about it: both questions at once
-                    head, listing = await asyncio.gather(self._head_or_none(key), self._first_entry(key + "/"))
+                    head, listing = await asyncio.gather(self.head_or_none(key), self._first_entry(key + "/"))
                 if head is None and listing is not None and (listing.objects or listing.prefixes):
                     is_dir = True
                     marker_mtime = next((o.mtime for o in listing.objects if o.key == key + "/"), None)
-        plain_marker = head is not None and self._is_plain_marker(head)
+        plain_marker = head is not None and self.rw.is_plain_marker(head)
         if plain_marker:
             is_dir, head = True, None
         if not is_dir and head is None:
@@ -492,7 +428,7 @@ class Namespace:
                 break
         return is_object, is_dir
 
-    async def _head_or_none(self, key: str) -> ObjectInfo | None:
+    async def head_or_none(self, key: str) -> ObjectInfo | None:
         try:
             return await self.store.head(key)
         except NotFound:
@@ -518,10 +454,10 @@ class Namespace:
 
     async def getattr(self, ino: int) -> Node:
         node = self.node(ino)
-        if node.expires > time.monotonic() or self._is_staged(ino) or node.parent is None:
+        if node.expires > time.monotonic() or self.is_staged(ino) or node.parent is None:
             return node
         if node.rich:
-            node = await self.load_metadata(node)
+            node = await self.rw.load(node)
             if node.is_dir:
                 node.mtime = node.mtime or self.started
             self.stat_cache.admit(node)
@@ -540,7 +476,10 @@ class Namespace:
         return node
 
     # ------------------------------------------------------------------ listings
-    async def _ensure_listed(self, dnode: Node) -> list[Node]:
+    def listing_in_flight(self, ino: int) -> bool:
+        return ino in self._listing
+
+    async def ensure_listed(self, dnode: Node) -> list[Node]:
         """List a directory once, however many lookups ask for it at the same time."""
         task = self._listing.get(dnode.ino)
         if task is None:
@@ -585,7 +524,7 @@ class Namespace:
                     seen.add(name)
                     node = children.get(name)
                     if node is not None and not is_dir and node.is_dir and node.plain_marker:
-                        listed.append(node)  # an s3fs-style directory object (load_metadata)
+                        listed.append(node)  # an s3fs-style directory object (RwMetadata.load)
                         self.stat_cache.admit(node, now)
                         continue
                     if node is not None and node.is_dir != is_dir:
@@ -599,17 +538,17 @@ class Namespace:
                     elif node is None:  # the common case of a first listing: one step
                         node = self.new_node(dnode, name, False, info.size,
                                              mtimes.setdefault(info.mtime, info.mtime), compact_etag(info.etag))
-                    elif not self._is_staged(node.ino):
+                    elif not self.is_staged(node.ino):
                         if node.etag != compact_etag(info.etag):
                             self.set_attrs(node, info)
                             node.mtime = mtimes.setdefault(node.mtime, node.mtime)
                     listed.append(node)
                     self.stat_cache.admit(node, now)
         for name in [n for n in children if n not in seen]:
-            if not self._is_staged(children[name].ino):
+            if not self.is_staged(children[name].ino):
                 self.detach(children[name])
         dnode.entries = None
-        self._largest_listing = max(self._largest_listing, len(listed))
+        self.largest_listing = max(self.largest_listing, len(listed))
         if self.stat_cache.enabled:
             self._listed_fresh[dnode.ino] = now + self.stat_cache.ttl
         # keep this answer (it pins its nodes) for the kernel's READDIRPLUS paging, which
@@ -629,78 +568,11 @@ class Namespace:
         if cached is not None:
             return cached
         if dnode.rich:
-            return await self._readdir_with_metadata(dnode)
-        entries = await self._ensure_listed(dnode)
+            return await self.rw.readdir(dnode)
+        entries = await self.ensure_listed(dnode)
         dnode.ahead = False
-        self._list_ahead(entries)
+        self.walk.queue(entries)
         return entries
-
-    async def _readdir_with_metadata(self, dnode: Node) -> list[Node]:
-        """A read-write mount's readdir: a listing at most RW_LISTING_TTL old (other
-        clients' changes show), every entry with its object metadata (one HEAD each
-        the first time: the kernel takes READDIRPLUS attributes as they are, so a
-        symlink, a FIFO or a restored mtime must be right in the listing itself)."""
-        if dnode.listed_until <= time.monotonic():
-            listed = await self._ensure_listed(dnode)
-        else:
-            listed = list(dnode.children.values())  # type: ignore[union-attr]
-
-        async def complete(node: Node) -> Node | None:
-            if node.meta is not None:
-                return node
-            try:
-                return await self.load_metadata(node)
-            except NotFound:
-                return None  # deleted since the listing
-
-        entries = [n for n in await asyncio.gather(*(complete(n) for n in listed)) if n is not None]
-        dnode.entries = entries
-        dnode.entries_until = time.monotonic() + RW_LISTING_TTL
-        return entries
-
-    def _list_ahead(self, entries: list[Node]) -> None:
-        """A directory read is usually a walk: queue its subdirectories to be listed
-        in the walker's order, a few at a time, while the walker is still busy with
-        this one. Depth first, like os.walk and find: a new batch goes to the front.
-        Only while the stat cache has room for the walker's directory and those listed
-        ahead of it (judged by the largest listing yet), so they are still cached when
-        the walker gets there; and one level ahead only (see cached_readdir)."""
-        if not self.stat_cache.enabled:
-            return
-        subdirs = [node for node in entries if node.is_dir]
-        if subdirs:
-            self._ahead.extendleft(reversed(subdirs))
-            self._pump_ahead()
-
-    def _pump_ahead(self) -> None:
-        now = time.monotonic()
-        capacity = self.stat_cache.capacity
-        # as many in flight as the cache holds next to the walker's own directory
-        in_flight = min(LISTINGS_AHEAD, capacity // max(1, self._largest_listing) - 1)
-        if in_flight <= 0:
-            self._ahead.clear()
-            return
-        while self._ahead_running < in_flight and self._ahead:
-            if self.stat_cache.count >= capacity:
-                self._ahead.clear()
-                return
-            node = self._ahead.popleft()
-            if node.listed_until > now or node.ino in self._listing or self.inodes.get(node.ino) is not node:
-                continue
-            self._ahead_running += 1
-            task = asyncio.get_running_loop().create_task(self._ensure_listed(node))
-            task.add_done_callback(lambda t, node=node: self._listed_ahead(t, node))
-
-    def _listed_ahead(self, task: asyncio.Task, node: Node) -> None:
-        # a listing ahead that failed is simply not there: the walker's own will retry and report
-        self._ahead_running -= 1
-        if task.cancelled():
-            return
-        if task.exception() is not None:
-            log.debug("listing ahead failed: %s", task.exception())
-        else:
-            node.ahead = True  # its own subdirectories are queued when the walker reads it
-        self._pump_ahead()
 
     async def is_empty_dir(self, prefix: str) -> bool:
         """Three entries tell: the directory's own marker (it sorts first), its metadata
@@ -716,6 +588,6 @@ class Namespace:
                 "inodes": len(self.inodes)}
 
     def close(self) -> None:
-        self._ahead.clear()
+        self.walk.close()
         for task in list(self._listing.values()):
             task.cancel()

@@ -250,7 +250,7 @@ def _drain(session: "FuseSession") -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("requests still in flight")
         time.sleep(0.001)
-    session.wait_notifications_written(10)
+    session.notifier.wait_written(10)
 
 
 # ---------------------------------------------------------------- the successor

@@ -38,7 +38,7 @@ class WritableRequests:
             # after the invalidations open() queued (close-to-open: an object that changed
             # must not be read from pages or a size the kernel still holds)
             loop = self.session.loop
-            self.session.send_after_notifications(
+            self.session.notifier.send_after(
                 P.OPEN_REPLY.pack(32, 0, u, fh, open_flags, 0),
                 lambda: loop.call_soon_threadsafe(lambda: loop.create_task(self._release_quietly(nodeid, fh))))
 

@@ -55,7 +55,6 @@ import asyncio
 import errno
 import logging
 import os
-import queue
 import select
 import threading
 import time
@@ -65,6 +64,7 @@ from pailfs.errors import NotFound, NotSupported, PailfsError, errno_of
 from pailfs.fs.types import FileSystemOps
 from pailfs.fuse import protocol as P
 from pailfs.fuse import records as R
+from pailfs.fuse.notify import Notifier
 from pailfs.fuse.records import attr_values, split_seconds
 from pailfs.fuse.rw_requests import WritableRequests
 
@@ -114,9 +114,7 @@ class FuseSession:
         self.initialized = threading.Event()
         self.finished = threading.Event()
         self._inflight: dict[int, tuple[asyncio.Task, bool]] = {}
-        self._lock = threading.Lock()  # starts the notifier thread once
-        self._notify_q: queue.SimpleQueue | None = None
-        self._notes_pending = 0  # notifications queued, not yet written (under _lock)
+        self.notifier = Notifier(fd, self.send)
         self._handlers: list[Callable[[bytes, int, int], None]] = self._handler_table()
 
     # ------------------------------------------------------------------ running
@@ -135,9 +133,7 @@ class FuseSession:
         except Exception:
             log.exception("FUSE reader failed")
         self.finished.set()
-        with self._lock:
-            if self._notify_q is not None:
-                self._notify_q.put(None)
+        self.notifier.close()
 
     def serve_forever(self) -> str:
         """Read and answer requests until the connection ends (ENODEV: unmounted or aborted)
@@ -567,63 +563,10 @@ class FuseSession:
 
         offset < 0 drops only the attributes; length <= 0 means to the end of the file.
         """
-        self._notify(P.OUT_HEADER.pack(16 + 24, P.NOTIFY_INVAL_INODE_CODE, 0) + P.NOTIFY_INVAL_INODE.pack(ino, offset, length))
+        if self.initialized.is_set() and not self.finished.is_set():
+            self.notifier.invalidate_inode(ino, offset, length)
 
     def invalidate_entry(self, parent: int, name: str) -> None:
         """Ask the kernel to drop its cached name -> inode entry (any thread)."""
-        raw = name.encode("utf-8", "surrogateescape")
-        body = P.NOTIFY_INVAL_ENTRY.pack(parent, len(raw), 0) + raw + b"\0"
-        self._notify(P.OUT_HEADER.pack(16 + len(body), P.NOTIFY_INVAL_ENTRY_CODE, 0) + body)
-
-    def _notify(self, message: bytes) -> None:
-        if not self.initialized.is_set() or self.finished.is_set():
-            return
-        with self._lock:
-            if self._notify_q is None:
-                self._notify_q = queue.SimpleQueue()
-                threading.Thread(target=self._notifier, name="pailfs-fuse-notify", daemon=True).start()
-            self._notes_pending += 1
-            self._notify_q.put((message, None))
-
-    def send_after_notifications(self, reply: bytes, failed: Callable[[], None]) -> None:
-        """Send a reply now, or, while notifications are queued, behind them from the
-        notifier thread (which alone may block on the kernel's page locks)."""
-        with self._lock:
-            if self._notes_pending and self._notify_q is not None:
-                self._notes_pending += 1
-                self._notify_q.put((reply, failed))
-                return
-        if not self.send(reply):
-            failed()
-
-    def wait_notifications_written(self, timeout: float) -> None:
-        """Return once every notification queued so far was written (or timeout)."""
-        with self._lock:
-            q = self._notify_q
-        if q is not None:
-            written = threading.Event()
-            q.put(written)
-            written.wait(timeout)
-
-    def _notifier(self) -> None:
-        q = self._notify_q
-        assert q is not None
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if isinstance(item, threading.Event):  # everything queued before it is written
-                item.set()
-                continue
-            message, failed = item
-            try:
-                os.write(self.fd, message)
-            except OSError as exc:
-                if failed is not None:
-                    failed()  # a queued reply the kernel no longer waits for
-                # ENOENT: the kernel does not know that inode/entry (nothing to drop)
-                elif exc.errno not in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR):
-                    log.warning("FUSE notification failed: %s", exc)
-            finally:
-                with self._lock:
-                    self._notes_pending -= 1
+        if self.initialized.is_set() and not self.finished.is_set():
+            self.notifier.invalidate_entry(parent, name)

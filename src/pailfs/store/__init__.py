@@ -57,7 +57,8 @@ def open_store(url: str, /, options: Options | str | list[str] | None = None, **
         from pailfs.store.local import LocalStore
         return LocalStore(loc.path, opts)
     from pailfs.credentials import resolve_credentials
-    from pailfs.store.s3 import S3Store, endpoint_of
+    from pailfs.store.endpoint import endpoint_of
+    from pailfs.store.s3 import S3Store
     if not opts.url:
         raise BadOption(f"no endpoint for {url}: pass -o url=host[:port] or http(s)://host[:port] "
                         "(or --endpoint), or set PAILFS_ENDPOINT")

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from pailfs.config import Options
 from pailfs.errors import BadOption
 
 DEFAULT_REGION = "us-east-1"
@@ -133,3 +134,9 @@ def parse_endpoint(text: str, addressing: str = "auto", region: str | None = Non
         raise BadOption(f"endpoint '{raw}': virtual-hosted addressing needs a host name (bucket.{host} "
                         "cannot resolve); use addressing=path")
     return Endpoint(scheme, host, port, virtual, region or region_from_host(host) or DEFAULT_REGION)
+
+
+def endpoint_of(options: Options, url: str | None = None) -> Endpoint:
+    """The Endpoint that `url` (default: option `url`) names under these options."""
+    return parse_endpoint(url or options.url, options.values.get("addressing", "auto"),
+                          options.values.get("region"))

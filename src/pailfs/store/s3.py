@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import hashlib
 import logging
 import os
-import re
 import time
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
@@ -47,76 +45,21 @@ from pailfs.config import MB, Options, parse_options
 from pailfs.credentials import Credentials, CredentialSource, CredentialsExpired, tls_context
 from pailfs.errors import BadCredentials, PailfsError, StoreError
 from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn
-from pailfs.store.endpoint import Endpoint, parse_endpoint
+from pailfs.store.endpoint import Endpoint, endpoint_of
 from pailfs.store.failure import REQUEST_ERRORS, Failure, failure_of, retrying, translate
 from pailfs.store.files import ProgressReader, commit_temp, discard_temp, open_temp, write_new_file
 from pailfs.store.listxml import NS as _NS, iso_date, parse_list
 from pailfs.store.s3api import S3Api
+from pailfs.store.s3wire import (HEADER_ATTRIBUTES, checked_metadata, find_text, http_date, obstore_attributes,
+                                 obstore_can_spell, xml_text)
 from pailfs.store.sigv4 import uri_encode
 
-__all__ = ["Credentials", "S3Store", "endpoint_of", "list_buckets"]
+__all__ = ["Credentials", "S3Store"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LIST_PAGE = 1000
-# obstore attributes that are headers, not user metadata
-_HEADER_ATTRIBUTES = frozenset({"Content-Disposition", "Content-Encoding", "Content-Language",
-                                "Content-Type", "Cache-Control", "Storage-Class"})
-
-
-def endpoint_of(options: Options, url: str | None = None) -> Endpoint:
-    """The Endpoint that `url` (default: option `url`) names under these options."""
-    return parse_endpoint(url or options.url, options.values.get("addressing", "auto"),
-                          options.values.get("region"))
-
-
-def obstore_can_spell(key: str) -> bool:
-    """Whether obstore's Path keeps this key byte for byte (else S3Api carries it)."""
-    if not key or key.startswith("/") or key.endswith("/") or "//" in key:
-        return False
-    if any(part in (".", "..") for part in key.split("/")):
-        return False
-    return not any(ord(c) < 0x20 or ord(c) == 0x7F for c in key)
-
-
-def _http_date(text: str | None) -> float:
-    if not text:
-        return time.time()
-    try:
-        return email.utils.parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError):
-        return time.time()
-
-
-def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in (metadata or {}).items():
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not value.isascii() or not value.isprintable():
-            raise StoreError(f"metadata '{name}' is not allowed: names are letters, digits, '-', '_', '.'; "
-                             "values are printable ASCII")
-        out[name.lower()] = value
-    return out
-
-
-def _obstore_attributes(meta: dict[str, str], content_type: str | None) -> dict[str, str] | None:
-    """obstore attributes: user metadata, and Content-Type when given."""
-    attributes = dict(meta)
-    if content_type:
-        attributes["Content-Type"] = content_type
-    return attributes or None
-
-
-def _xml_text(body: bytes, tag: str) -> str | None:
-    """The text of the first <tag> in an S3 XML answer (None if absent or malformed)."""
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
-        return None
-    found = root.find(_NS + tag)
-    if found is None:
-        found = root.find(tag)
-    return found.text if found is not None else None
 
 
 class S3Store(ObjectStore):
@@ -267,14 +210,14 @@ class S3Store(ObjectStore):
             self._count("head")
             meta, attributes = result.meta, result.attributes
             return ObjectInfo(key, meta["size"], meta["last_modified"].timestamp(), meta["e_tag"],
-                              {k.lower(): v for k, v in attributes.items() if k not in _HEADER_ATTRIBUTES},
+                              {k.lower(): v for k, v in attributes.items() if k not in HEADER_ATTRIBUTES},
                               attributes.get("Content-Type"))
         resp = await self._api_call("HEAD", full, "stat", key)
         self._count("head")
         h = resp.headers
         metadata = {name[len("x-amz-meta-"):]: value for name, value in h.items()
                     if name.lower().startswith("x-amz-meta-")}
-        return ObjectInfo(key, int(h.get("content-length", 0)), _http_date(h.get("last-modified")),
+        return ObjectInfo(key, int(h.get("content-length", 0)), http_date(h.get("last-modified")),
                           h.get("etag"), metadata, h.get("content-type"))
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
@@ -358,7 +301,7 @@ class S3Store(ObjectStore):
         self._count("get", down=len(data))
         meta = first.meta
         size, etag = meta["size"], meta["e_tag"]
-        metadata = {k.lower(): v for k, v in first.attributes.items() if k not in _HEADER_ATTRIBUTES}
+        metadata = {k.lower(): v for k, v in first.attributes.items() if k not in HEADER_ATTRIBUTES}
         info = ObjectInfo(key, size, meta["last_modified"].timestamp(), etag, metadata)
         if size <= part:
             await self._local(key, path, write_new_file, path, data)
@@ -420,7 +363,7 @@ class S3Store(ObjectStore):
     # --- writes ----------------------------------------------------------
     async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
                   content_type: str | None = None) -> ObjectInfo:
-        meta = _check_metadata(metadata)
+        meta = checked_metadata(metadata)
         full = self._key(key)
         if not obstore_can_spell(full):
             headers = self._meta_headers(meta)
@@ -431,7 +374,7 @@ class S3Store(ObjectStore):
         else:
             try:
                 result = await self._obs_call(
-                    lambda: obstore.put_async(self._obs, full, data, attributes=_obstore_attributes(meta, content_type),
+                    lambda: obstore.put_async(self._obs, full, data, attributes=obstore_attributes(meta, content_type),
                                               chunk_size=self.part_size, max_concurrency=self.parallel),
                     f"PUT {full}")
             except Exception as exc:  # noqa: BLE001
@@ -443,7 +386,7 @@ class S3Store(ObjectStore):
 
     async def put_file(self, key: str, path: str | Path, metadata: Mapping[str, str] | None = None,
                        progress: ProgressFn | None = None, *, content_type: str | None = None) -> ObjectInfo:
-        meta = _check_metadata(metadata)
+        meta = checked_metadata(metadata)
         full = self._key(key)
         try:
             f = open(path, "rb")
@@ -463,7 +406,7 @@ class S3Store(ObjectStore):
             async def upload() -> dict:
                 source.rewind()
                 return await obstore.put_async(self._obs, full, source,
-                                               attributes=_obstore_attributes(meta, content_type),
+                                               attributes=obstore_attributes(meta, content_type),
                                                use_multipart=True, chunk_size=self.part_size,
                                                max_concurrency=self.parallel)
 
@@ -538,7 +481,7 @@ class S3Store(ObjectStore):
         headers = {"x-amz-copy-source": f"/{src_bucket}/" + uri_encode(full_src, keep_slash=True)}
         if metadata is not None:
             headers["x-amz-metadata-directive"] = "REPLACE"
-            headers.update(self._meta_headers(_check_metadata(metadata)))
+            headers.update(self._meta_headers(checked_metadata(metadata)))
             if content_type:  # REPLACE replaces the content type too
                 headers["content-type"] = content_type
         try:
@@ -558,12 +501,12 @@ class S3Store(ObjectStore):
     # --- multipart uploads, part by part ---------------------------------
     async def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None, *,
                                content_type: str | None = None) -> str:
-        headers = self._meta_headers(_check_metadata(metadata))
+        headers = self._meta_headers(checked_metadata(metadata))
         if content_type:
             headers["content-type"] = content_type
         resp = await self._api_call("POST", self._key(key), "upload", key, query={"uploads": ""}, headers=headers)
         self._count("create_multipart")
-        upload_id = _xml_text(resp.content, "UploadId")
+        upload_id = xml_text(resp.content, "UploadId")
         if not upload_id:
             raise self._error(Failure(code="MalformedXML"), "upload", key)
         return upload_id
@@ -587,7 +530,7 @@ class S3Store(ObjectStore):
         if b"<Error>" in resp.content[:512]:
             raise self._error(failure_of(resp), "upload", key)
         self._count("complete_multipart")
-        return _xml_text(resp.content, "ETag")
+        return xml_text(resp.content, "ETag")
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self._api_call("DELETE", self._key(key), "abort upload", key, query={"uploadId": upload_id},
@@ -630,10 +573,10 @@ class S3Store(ObjectStore):
                                      ok=(200, 204, 404))
                 log.info("aborted a stale multipart upload of %s", self._where(rel))
                 aborted += 1
-            if (_find_text(tree, "IsTruncated") or "").lower() != "true":
+            if (find_text(tree, "IsTruncated") or "").lower() != "true":
                 return aborted
-            query = {"uploads": "", "prefix": root, "key-marker": _find_text(tree, "NextKeyMarker") or "",
-                     "upload-id-marker": _find_text(tree, "NextUploadIdMarker") or ""}
+            query = {"uploads": "", "prefix": root, "key-marker": find_text(tree, "NextKeyMarker") or "",
+                     "upload-id-marker": find_text(tree, "NextUploadIdMarker") or ""}
 
     async def delete_bucket(self) -> None:
         resp = await self._api_call("DELETE", "", "delete bucket", None, ok=(200, 204, 409), probe=False)
@@ -643,32 +586,3 @@ class S3Store(ObjectStore):
 
     async def close(self) -> None:
         await self._api.aclose()
-
-
-def _find_text(tree: ET.Element, name: str) -> str | None:
-    for el in tree:
-        if el.tag.rsplit("}", 1)[-1] == name:
-            return el.text
-    return None
-
-
-async def list_buckets(endpoint: str, credentials: CredentialSource | None,
-                       options: Options | None = None) -> list[tuple[str, float]]:
-    """(name, creation time) of every bucket the credentials can see."""
-    opts = options or parse_options(env={})
-    address = endpoint_of(opts, endpoint)
-    endpoint = address.url
-    api = S3Api(address, credentials, connect_timeout=opts.connect_timeout, timeout=opts.readwrite_timeout,
-                retries=opts.retries, ca_file=opts.values.get("ca_file"))
-    try:
-        try:
-            resp = await api.request("GET")
-        except REQUEST_ERRORS as exc:
-            raise translate(failure_of(exc), "list buckets", "s3://", "", endpoint, credentials) from None
-        if resp.status_code != 200:
-            raise translate(failure_of(resp), "list buckets", "s3://", "", endpoint, credentials)
-        root = ET.fromstring(resp.content)
-        return [(b.findtext(_NS + "Name") or "", iso_date(b.findtext(_NS + "CreationDate")))
-                for b in root.iter(_NS + "Bucket")]
-    finally:
-        await api.aclose()

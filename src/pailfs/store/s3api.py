@@ -15,12 +15,15 @@ import asyncio
 import hashlib
 import logging
 import ssl
+import xml.etree.ElementTree as ET
 
 import httpx
 
+from pailfs.config import Options, parse_options
 from pailfs.credentials import Credentials, CredentialSource, tls_context
-from pailfs.store.endpoint import Endpoint, parse_endpoint
-from pailfs.store.failure import TemporaryResponse, failure_of, retrying
+from pailfs.store.endpoint import Endpoint, endpoint_of, parse_endpoint
+from pailfs.store.failure import REQUEST_ERRORS, TemporaryResponse, failure_of, retrying, translate
+from pailfs.store.listxml import NS as _NS, iso_date
 from pailfs.store.sigv4 import EMPTY_SHA256, sign_headers, uri_encode
 
 __all__ = ["Credentials", "S3Api"]
@@ -110,3 +113,25 @@ class S3Api:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+async def list_buckets(endpoint: str, credentials: CredentialSource | None,
+                       options: Options | None = None) -> list[tuple[str, float]]:
+    """(name, creation time) of every bucket the credentials can see."""
+    opts = options or parse_options(env={})
+    address = endpoint_of(opts, endpoint)
+    endpoint = address.url
+    api = S3Api(address, credentials, connect_timeout=opts.connect_timeout, timeout=opts.readwrite_timeout,
+                retries=opts.retries, ca_file=opts.values.get("ca_file"))
+    try:
+        try:
+            resp = await api.request("GET")
+        except REQUEST_ERRORS as exc:
+            raise translate(failure_of(exc), "list buckets", "s3://", "", endpoint, credentials) from None
+        if resp.status_code != 200:
+            raise translate(failure_of(resp), "list buckets", "s3://", "", endpoint, credentials)
+        root = ET.fromstring(resp.content)
+        return [(b.findtext(_NS + "Name") or "", iso_date(b.findtext(_NS + "CreationDate")))
+                for b in root.iter(_NS + "Bucket")]
+    finally:
+        await api.aclose()
