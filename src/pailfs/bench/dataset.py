@@ -1,6 +1,6 @@
 """The benchmark data set: generated from a seed, uploaded once, copied to local disk.
 
-Layout (DESIGN.md, "Benchmark data set and workloads"):
+Layout (docs/benchmarks.md, "What is measured"):
 
     mnist/   the 4 MNIST IDX .gz files at their real sizes (random bytes)
     folder/  `files` files of 2-4 KB in 10 class folders

@@ -5,7 +5,7 @@ A workload function gets a Session, the Dataset, a fresh relative destination
 runner times it. A pass that runs out of its time budget stops early with
 OverBudget(done, total) and the runner extrapolates: a system 100x slower than
 the rest need not hold the whole run up for an exact figure. Readers use os.open/os.read (no Python buffering) unless the workload
-says `open()`, because DESIGN.md shows the two differ on FUSE.
+says `open()`, because the two differ on FUSE (docs/architecture.md).
 """
 
 from __future__ import annotations
