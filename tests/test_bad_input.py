@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from mounts import get_object, is_mounted, list_keys, mounted, pailfs, put_objects
 from pailfs.config import GENERIC_MOUNT_FLAGS, OPTIONS, parse_options
@@ -59,6 +59,8 @@ spec = st.lists(token, max_size=6).map(",".join)
 
 @settings(max_examples=400, deadline=None)
 @given(specs=st.lists(spec, max_size=3))
+@example(specs=["ca_file=0"])  # was a FileNotFoundError from obstore's client options
+@example(specs=["ca_file=/"])
 def test_option_strings_parse_or_fail_with_one_line_bad_option(specs):
     """parse_options: Options or BadOption (one line); and parsed options build a store
     (open_store: a store or BadOption/BadCredentials, never another exception)."""

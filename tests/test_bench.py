@@ -38,6 +38,7 @@ def _fuse_mounts_under(path: str) -> list[str]:
         return [line.split()[1] for line in f if line.split()[1].startswith(path)]
 
 
+@pytest.mark.mount
 @pytest.mark.timeout(240)
 def test_bench_quick_end_to_end(tmp_path):
     out = tmp_path / "out"

@@ -105,6 +105,7 @@ class S3Store(ObjectStore):
             "pool_max_idle_per_host": str(max(64, opts.max_multireq)),
         }
         if ca_file:  # added to the system roots, as tls_context() does for S3Api
+            tls_context(ca_file)  # a missing or unusable file is BadOption, not a traceback
             client["root_certificate"] = Path(ca_file).expanduser().read_bytes()
         return _ObstoreS3(
             self.bucket, endpoint=endpoint, region=self.region,
