@@ -110,14 +110,6 @@ class MemoryStore(ObjectStore):
         if count or not pages:  # the last page; an empty listing is one empty page
             yield page
 
-    async def get_file(self, key: str, path: str | Path, progress: ProgressFn | None = None) -> ObjectInfo:
-        info = await self.head(key)
-        data = await self.get(key)
-        Path(path).write_bytes(data)
-        if progress:
-            progress(len(data))
-        return info
-
     # --- writes ----------------------------------------------------------------
     async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
                   content_type: str | None = None) -> ObjectInfo:
