@@ -78,7 +78,7 @@ def test_aliases_and_generic_mount_flags():
 def test_environment_and_precedence():
     env = {"PAILFS_ENDPOINT": "http://primary:8333", "URL": "http://fallback:1", "AWS_REGION": "eu-west-1"}
     assert parse(env=env).url == "http://primary:8333"
-    assert parse(env={"URL": "http://fallback:1"}).url == "http://fallback:1"
+    assert parse(env={"URL": "http://elsewhere:1"}).url is None  # a generic $URL is not ours
     assert parse(env=env).region == "eu-west-1"
     assert parse("url=http://explicit:9", env=env).url == "http://explicit:9"  # -o beats env
     assert parse_options([], env=env, overrides={"url": "http://override"}).url == "http://override"

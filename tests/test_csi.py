@@ -708,7 +708,10 @@ def test_unpublish_of_a_dead_mount(stubs, volume, targets):
     publish(node, volume, target)
     for pid in daemons_for(target):
         os.kill(pid, signal.SIGKILL)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while daemons_for(target):  # the daemons are gone (reaped): the mount is dead
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     unpublish(node, target)
     assert str(target) not in proc_mounts()
     assert not target.exists()

@@ -155,7 +155,7 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("url", _text, None, "Endpoint of the object store: host, host:port or scheme://host[:port]; without a scheme, "
            "https. E.g. oss-cn-hangzhou.aliyuncs.com, https://s3.us-west-2.amazonaws.com, http://127.0.0.1:8333.",
-           env=("PAILFS_ENDPOINT", "URL"), unit="URL"),
+           env=("PAILFS_ENDPOINT",), unit="URL"),
     Option("region", _text, None, "Signing region (S3 SigV4). Unset: from an OSS or AWS endpoint host "
            "(oss-cn-hangzhou.aliyuncs.com -> cn-hangzhou, s3.us-west-2.amazonaws.com -> us-west-2), else us-east-1.",
            env=("PAILFS_REGION", "AWS_REGION"), unit="NAME"),

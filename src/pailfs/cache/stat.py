@@ -38,7 +38,6 @@ class StatCache:
         self.tick = 0
         self._now = self._deadline = -1.0
         self.hits = 0
-        self.misses = 0
         self.evictions = 0
         self._warned = False
 
@@ -69,10 +68,6 @@ class StatCache:
         if entry.expires != 0.0:
             entry.expires = 0.0
             self.count -= 1
-
-    @staticmethod
-    def valid(entry: Cached, now: float) -> bool:
-        return entry.expires > now
 
     def _sweep(self) -> None:
         now = time.monotonic()

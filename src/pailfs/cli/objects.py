@@ -28,7 +28,8 @@ from pailfs.store.url import StoreURL, is_remote_url, parse_url
 OptionArg = typer.Option([], "-o", "--option", metavar="OPT[,OPT...]",
                          help="Options as for mount, e.g. -o multipart_size=64,parallel_count=32 (see docs/configuration.md).")
 EndpointArg = typer.Option(None, "--endpoint", metavar="URL",
-                           help="Endpoint, e.g. http://127.0.0.1:8333 (default: -o url=, $PAILFS_ENDPOINT, $URL).")
+                           help="Endpoint: host, host:port or http(s)://host[:port]; no scheme means https "
+                                "(default: -o url=, $PAILFS_ENDPOINT).")
 RecursiveArg = typer.Option(False, "-r", "--recursive", help="Every key under the prefix (cp: a whole tree).")
 QuietArg = typer.Option(False, "-q", "--quiet", help="No progress bar and no summary.")
 
