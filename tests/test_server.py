@@ -353,3 +353,40 @@ def test_the_new_secrets_stay_in_private_files(private_server):
     for path in [srv.data_dir / "security.toml", *(srv.data_dir / "tls").iterdir()]:
         assert path.stat().st_mode & 0o077 == 0, path
     assert not (srv.data_dir / "tls" / "ca.key").exists()  # the CA signs once and is forgotten
+
+
+@pytest.mark.unit
+def test_a_process_whose_main_thread_exited_runs_until_its_last_thread_does():
+    """weed's main thread turns zombie before its other threads let go of the gRPC
+    sockets; `server stop` must wait for those threads, or the sockets stay bound
+    when it removes them (seen in CI: three weed sockets left in /tmp)."""
+    import subprocess
+    import sys
+
+    from pailfs.procs import pid_running
+
+    # the main thread leaves through the exit syscall (not exit_group): the worker
+    # thread keeps the process alive until it reads a line from stdin
+    script = (
+        "import ctypes, sys, threading\n"
+        "threading.Thread(target=sys.stdin.readline).start()\n"
+        "print('ready', flush=True)\n"
+        "ctypes.CDLL(None).syscall(60, 0)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the main thread did not exit"
+            time.sleep(0.01)
+        assert pid_running(proc.pid)  # the leader is a zombie, its worker thread is not
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 10
+        while pid_running(proc.pid):
+            assert time.monotonic() < deadline, "the process did not finish"
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -34,9 +34,27 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 
 def pid_running(pid: int) -> bool:
-    """True while pid runs; a zombie waiting for its reaper has finished."""
+    """True while pid runs; a zombie waiting for its reaper has finished. The leader
+    of a threaded process turns zombie before its other threads are done (they may
+    still hold its files and sockets), so every thread must have finished."""
     fields = _stat_fields(pid)
-    return bool(fields) and fields[0] != "Z"
+    if not fields:
+        return False
+    if fields[0] != "Z":
+        return True
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return any(_thread_running(pid, tid) for tid in threads if tid != str(pid))
+
+
+def _thread_running(pid: int, tid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def start_time(pid: int) -> int | None:
