@@ -776,15 +776,16 @@ def test_failed_upload_then_stat_shows_the_bucket(private_server, tmp_path, resu
         restart_private(state, tmp_path)
         deadline = time.monotonic() + 30
         while True:  # SeaweedFS answers 500 for a moment while it loads its volumes
-            try:
+            try:  # (its filer answers HEAD and LIST before its volume server answers GET)
                 st = os.stat(mnt / "model.bin")
+                content = (mnt / "model.bin").read_bytes()
                 break
             except OSError:
                 assert time.monotonic() < deadline
                 time.sleep(0.5)
         assert st.st_size == len(old)
+        assert content == old
         assert {e.name: e.stat().st_size for e in os.scandir(mnt)} == {"model.bin": len(old)}
-        assert (mnt / "model.bin").read_bytes() == old
         kept = sorted(p.stat().st_size for p in staging.rglob("ino*"))
         assert kept == [len(b"never uploaded"), 100 * MiB]  # the staged data was kept, whole
     assert get_object_after_restart(url, "model.bin") == old and get_object(url, "fresh.bin") is None
