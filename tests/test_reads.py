@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mounts import blob, mount_stats, mounted, put_objects
+from mounts import blob, mount_stats, mounted, pailfs, put_objects
 
 RO = "ro,kernel_cache,umask=022"
 
@@ -281,3 +281,69 @@ def test_an_epoch_after_the_kernel_dropped_its_pages_is_read_ahead_again(bucket,
     assert second["store"]["requests"]["get"] == 2 * len(objects)  # once per epoch, never more
     again = second["data_cache"]["ahead_files_read"] - first["data_cache"]["ahead_files_read"]
     assert again >= 0.8 * len(objects), second["data_cache"]
+
+
+def test_warmup_hands_small_files_to_the_page_cache_without_a_read_per_file(bucket, s3_env, tmp_path):
+    """`pailfs warmup` on a read-only kernel_cache mount: the mount fetches the small
+    files itself and puts them into the kernel's page cache, so the warmup sends no
+    OPEN/READ per file and the job's reads afterwards reach neither the mount nor the
+    store. A file bigger than small_object_size is read through the mount; an empty
+    one needs nothing. Every byte is the object's."""
+    objects = {f"train/class{d}/{i:04d}.png": blob(d * 1000 + i, 1 + (i * 977) % 9000)
+               for d in range(3) for i in range(300)}
+    objects["train/big.bin"] = blob(7, 3 * 1024 * 1024 + 5)
+    objects["train/empty"] = b""
+    put_objects(f"s3://{bucket}", objects)
+    small = [k for k, v in objects.items() if 0 < len(v) <= 1024 * 1024]
+    with mounted(bucket, tmp_path / "m", RO) as mnt:
+        proc = pailfs("warmup", str(mnt / "train"), "-j", "4", check=True)
+        assert f"warmed {len(objects)} files, {sum(map(len, objects.values())):,} bytes" in proc.stdout.decode()
+        after_warmup = mount_stats(mnt)
+        assert after_warmup["data_cache"]["warmed_files"] == len(small)
+        assert after_warmup["data_cache"]["warmed_bytes"] == sum(len(objects[k]) for k in small)
+        reads = after_warmup["kernel_requests"].get("READ", 0)
+        assert reads <= 8  # the big file's, not one per small file
+        assert after_warmup["store"]["requests"]["get"] <= len(small) + 2
+        for key, data in objects.items():
+            assert (mnt / key).read_bytes() == data, key
+        after_job = mount_stats(mnt)
+        assert after_job["kernel_requests"].get("READ", 0) == reads  # all from the page cache
+        assert after_job["store"]["requests"]["get"] == after_warmup["store"]["requests"]["get"]
+        # a second warmup finds everything in the page cache already: nothing is fetched
+        proc = pailfs("warmup", str(mnt / "train"), check=True)
+        assert f"warmed {len(objects)} files" in proc.stdout.decode()
+        assert mount_stats(mnt)["store"]["requests"]["get"] == after_job["store"]["requests"]["get"]
+
+
+def test_warmup_on_a_read_write_mount_reads_through_the_mount(bucket, s3_env, tmp_path):
+    """Pages are handed to the kernel only where nothing can be written behind them (a
+    read-only mount); a read-write mount is warmed by reading every file."""
+    objects = {f"d/{i:03d}": blob(i, 100 + i) for i in range(40)}
+    put_objects(f"s3://{bucket}", objects)
+    with mounted(bucket, tmp_path / "m", "kernel_cache") as mnt:
+        proc = pailfs("warmup", str(mnt / "d"), check=True)
+        assert "warmed 40 files" in proc.stdout.decode()
+        stats = mount_stats(mnt)
+        assert stats["data_cache"]["warmed_files"] == 0
+        assert stats["kernel_requests"]["READ"] >= 40
+        assert {p.name: p.read_bytes() for p in (mnt / "d").iterdir()} == {k[2:]: v for k, v in objects.items()}
+
+
+def test_warmup_after_an_object_changed_hands_over_the_new_bytes(bucket, s3_env, tmp_path):
+    """An object replaced after a warmup: once the mount sees the new version, a second
+    warmup fetches it again and the page cache holds the new bytes, never the old."""
+    objects = {f"d/{i:03d}": blob(i, 500 + i) for i in range(50)}
+    put_objects(f"s3://{bucket}", objects)
+    with mounted(bucket, tmp_path / "m", f"{RO},stat_cache_expire=1") as mnt:
+        pailfs("warmup", str(mnt / "d"), check=True)
+        new = blob(999, 2222)
+        put_objects(f"s3://{bucket}", {"d/007": new})
+        deadline = time.monotonic() + 30
+        while os.stat(mnt / "d" / "007").st_size != len(new):
+            assert time.monotonic() < deadline, "the mount never saw the new version"
+            time.sleep(0.2)
+        before = mount_stats(mnt)["store"]["requests"]["get"]
+        pailfs("warmup", str(mnt / "d"), check=True)
+        assert mount_stats(mnt)["store"]["requests"]["get"] >= before + 1
+        assert (mnt / "d" / "007").read_bytes() == new
+        assert all((mnt / k).read_bytes() == v for k, v in objects.items() if k != "d/007")

@@ -280,25 +280,44 @@ def stats(mountpoint: Path = typer.Argument(...),
     Console().print(table)
 
 
-@app.command(help="Preload a mounted tree into the caches by reading every file.")
+@app.command(help="Preload a mounted tree into the caches (on a read-only kernel_cache mount, "
+                  "the mount fetches the small files into the page cache itself).")
 def warmup(path: Path = typer.Argument(..., help="A directory inside a pailfs mount."),
-           jobs: int = typer.Option(16, "-j", "--jobs", help="Files read in parallel.")) -> None:
-    from concurrent.futures import ThreadPoolExecutor
+           jobs: int = typer.Option(16, "-j", "--jobs", help="Directories, batches of small files or other files "
+                                                             "handled in parallel.")) -> None:
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
+    from pailfs.fs.core import WARM_XATTR
+
     if not path.is_dir():
         raise MountError(f"{path} is not a directory")
-    files: list[tuple[str, int]] = []
-    for root, _dirs, names in os.walk(path):
-        for name in names:
-            full = os.path.join(root, name)
-            files.append((full, os.stat(full).st_size))
-    total = sum(size for _, size in files)
     failures: list[str] = []
 
-    def read_all(item: tuple[str, int]) -> int:
-        name, _size = item
+    def scan(root: str) -> tuple[str, list[tuple[str, int]]]:
+        """A directory's entries in listing order with their sizes (-1: a directory). The
+        stat is a lookup: the mount hands pages only to inodes the kernel knows."""
+        try:
+            with os.scandir(root) as it:
+                return root, [(e.path, -1 if e.is_dir(follow_symlinks=False) else e.stat(follow_symlinks=False).st_size)
+                              for e in it]
+        except OSError as exc:
+            failures.append(f"{root}: {exc.strerror}")
+            return root, []
+
+    def warm_batch(root: str, first: int, batch: list[tuple[str, int]]) -> tuple[int, list[tuple[str, int]]]:
+        """(bytes the mount put into the page cache, files left to read here)."""
+        files = [f for f in batch if f[1] >= 0]
+        try:
+            answer = json.loads(os.getxattr(root, f"{WARM_XATTR}.{first}.{len(batch)}"))
+        except OSError:  # not a read-only kernel_cache pailfs mount: read every file
+            return 0, files
+        if answer["missed"]:  # read them all here: to warm what can be, and name what cannot
+            return 0, files
+        return answer["bytes"], [f for f in files if f[1] > answer["small"]]
+
+    def read_all(name: str) -> int:
         done = 0
         try:
             fd = os.open(name, os.O_RDONLY)
@@ -311,12 +330,36 @@ def warmup(path: Path = typer.Argument(..., help="A directory inside a pailfs mo
             failures.append(f"{name}: {exc.strerror}")
         return done
 
+    count = total = 0
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TimeRemainingColumn(), transient=True) as progress:
-        task = progress.add_task(f"warming {len(files)} files", total=total)
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for n in pool.map(read_all, files):
-                progress.advance(task, n)
-    typer.echo(f"warmed {len(files) - len(failures)} files, {total:,} bytes")
+                  TimeRemainingColumn(), transient=True) as progress, \
+            ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        task = progress.add_task("warming", total=None)
+        # a directory's small files are fetched while the walk goes on
+        running = {pool.submit(scan, str(path)): "scan"}
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                kind = running.pop(future)
+                if kind == "scan":
+                    root, entries = future.result()
+                    sizes = [size for _, size in entries if size >= 0]
+                    count += len(sizes)
+                    total += sum(sizes)
+                    progress.update(task, total=total, description=f"warming {count} files")
+                    running.update({pool.submit(scan, name): "scan" for name, size in entries if size < 0})
+                    running.update({pool.submit(warm_batch, root, i, entries[i:i + WARM_BATCH]): "batch"
+                                    for i in range(0, len(entries), WARM_BATCH)
+                                    if any(size >= 0 for _, size in entries[i:i + WARM_BATCH])})
+                elif kind == "batch":
+                    warmed, rest = future.result()
+                    progress.advance(task, warmed)
+                    running.update({pool.submit(read_all, name): "read" for name, _ in rest})
+                else:
+                    progress.advance(task, future.result())
+    typer.echo(f"warmed {count - len(failures)} files, {total:,} bytes")
     if failures:
         raise MountError(f"{len(failures)} files could not be read, first: {failures[0]}")
+
+
+WARM_BATCH = 256  # entries of a directory per request to the mount

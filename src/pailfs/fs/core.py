@@ -33,6 +33,11 @@ from pailfs.fs.writes import WriteBack
 from pailfs.store.base import ObjectStore
 
 STATS_XATTR = "user.pailfs.stats"
+# Reading WARM_XATTR + ".FIRST.COUNT" of a directory on a read-only kernel_cache mount
+# puts the small files among its entries FIRST..FIRST+COUNT (listing order) into the
+# kernel's page cache; the value says what was done (`pailfs warmup` reads it). Not
+# listed by listxattr, so tools that copy xattrs never start one.
+WARM_XATTR = "user.pailfs.warm"
 
 
 class ObjectFileSystem:
@@ -140,10 +145,24 @@ class ObjectFileSystem:
     async def getxattr(self, ino: int, name: str) -> bytes:
         if ino == ROOT_INO and name == STATS_XATTR:
             return json.dumps(self.stats()).encode()
+        if name.startswith(WARM_XATTR + ".") and self.read_only and self.keep_cache and self._front_end is not None:
+            return await self._warm(ino, name)
         if self.read_only:
             self.namespace.node(ino)
             raise errors.NoSuchAttribute(name)
         return await self.mutations.getxattr(ino, name)
+
+    async def _warm(self, ino: int, name: str) -> bytes:
+        try:
+            first, count = (int(n) for n in name[len(WARM_XATTR) + 1:].split("."))
+        except ValueError:
+            raise errors.NoSuchAttribute(name) from None
+        entries = await self.namespace.readdir(ino)
+        assert self._front_end is not None
+        files, size, missed = await self.reader.warm(entries[max(first, 0):max(first, 0) + max(count, 0)],
+                                                     self._front_end.store_pages)
+        return json.dumps({"files": files, "bytes": size, "missed": missed,
+                           "small": self.reader.small_max}).encode()
 
     async def listxattr(self, ino: int) -> list[str]:
         names = [] if self.read_only else await self.mutations.listxattr(ino)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from typing import Callable
 
 from pailfs.cache.data import MemoryCache, MiB, Prefetcher
 from pailfs.cache.disk import DiskCache
@@ -120,6 +121,11 @@ class ObjectReader:
         self._ahead_in_flight = 0
         self.ahead_fetched = self.ahead_hits = 0
         self.ahead_fetched_bytes = 0
+        self._warm_slots: asyncio.Semaphore | None = None  # whole-object fetches of warm(), across the mount
+        self.warmed_files = self.warmed_bytes = 0
+        # small objects read to their end (or handed over) on a kernel_cache mount: the
+        # kernel holds their pages, unless memory pressure made it drop them since
+        self._in_kernel: set[int] = set()
 
     # ------------------------------------------------------------------ hot path
     def cached(self, ino: int, offset: int, size: int) -> bytes | memoryview | None:
@@ -278,6 +284,7 @@ class ObjectReader:
             self._top_up(scan)
         if self.one_copy:
             self.memory.discard(ino)
+            self._in_kernel.add(ino)
 
     # ------------------------------------------------------------------ reading ahead across files
     def _note_read(self, node: Node) -> None:
@@ -379,6 +386,50 @@ class ObjectReader:
                 del self._ahead[node.ino]
                 self.memory.unpin(node.ino)
 
+    # ------------------------------------------------------------------ warmup
+    async def warm(self, files: list[Node], store_pages: Callable[[int, bytes], None]) -> tuple[int, int, int]:
+        """Fetch the small objects among files and hand each, whole, to the kernel's
+        page cache: what `pailfs warmup` asks for, without an open and a READ per file.
+        One the kernel holds already (read or handed over before, unchanged since) is
+        not fetched again. Returns (files in the page cache, their bytes, small files
+        that are not)."""
+        if self._warm_slots is None:
+            self._warm_slots = asyncio.Semaphore(AHEAD_IN_FLIGHT)
+        slots = self._warm_slots
+        todo = iter([n for n in files if not n.is_dir and 0 < n.size <= self.small_max])
+        done = [0, 0, 0]
+
+        async def worker() -> None:
+            for node in todo:
+                size, etag = node.size, node.etag
+                if node.ino in self._in_kernel:
+                    done[0] += 1
+                    done[1] += size
+                    continue
+                if etag is None:  # never listed with its ETag: read through the mount instead
+                    done[2] += 1
+                    continue
+                try:
+                    async with slots:
+                        data = self.memory.get(node.ino)
+                        if data is None:
+                            data = await self._fetch_whole(node)
+                except Exception:  # noqa: BLE001 - the caller reads it through the mount and sees the error
+                    done[2] += 1
+                    continue
+                if node.etag != etag or len(data) != size:  # changed meanwhile: the kernel's size is stale
+                    done[2] += 1
+                    continue
+                store_pages(node.ino, bytes(data))
+                self._done_reading(node.ino)
+                self.warmed_files += 1
+                self.warmed_bytes += size
+                done[0] += 1
+                done[1] += size
+
+        await asyncio.gather(*(worker() for _ in range(AHEAD_IN_FLIGHT)))
+        return done[0], done[1], done[2]
+
     # ------------------------------------------------------------------ invalidation
     def remember(self, ino: int, data: bytes) -> None:
         """Bytes the mount itself just wrote (a symlink's target)."""
@@ -389,6 +440,7 @@ class ObjectReader:
         where = self._ahead.pop(ino, None)
         data = self.memory.get(ino) if where is not None else None
         self.memory.discard(ino)
+        self._in_kernel.discard(ino)
         self._whole.pop(ino, None)  # a fetch in flight keeps its bytes to itself
         if where is not None:
             scan, i, etag = where
@@ -409,6 +461,7 @@ class ObjectReader:
                 "ahead_files_fetched": self.ahead_fetched, "ahead_bytes_fetched": self.ahead_fetched_bytes,
                 "ahead_files_read": self.ahead_hits, "ahead_bytes_unread": self._ahead_bytes(),
                 "ahead_in_flight": self._ahead_in_flight, "fetches_in_flight": len(self._whole),
+                "warmed_files": self.warmed_files, "warmed_bytes": self.warmed_bytes,
                 **(self.disk_cache.stats() if self.disk_cache is not None else {})}
 
     def close(self) -> None:

@@ -89,6 +89,9 @@ class FrontEnd(Protocol):
     def invalidate_inode(self, ino: int) -> None:
         """Drop the kernel's cached pages and attributes of ino (the object changed)."""
 
+    def store_pages(self, ino: int, data: bytes) -> None:
+        """Put a whole file's bytes into the kernel's page cache of ino (warmup)."""
+
     def request_counts(self) -> dict[str, int]:
         """Requests received from the kernel, by kind (for `pailfs stats`)."""
 

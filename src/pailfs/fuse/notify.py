@@ -38,6 +38,11 @@ class Notifier:
         body = P.NOTIFY_INVAL_ENTRY.pack(parent, len(raw), 0) + raw + b"\0"
         self._put(P.OUT_HEADER.pack(16 + len(body), P.NOTIFY_INVAL_ENTRY_CODE, 0) + body)
 
+    def store(self, ino: int, data: bytes) -> None:
+        """Put data into the kernel's page cache of ino, from offset 0."""
+        self._put(b"".join((P.OUT_HEADER.pack(16 + P.NOTIFY_STORE.size + len(data), P.NOTIFY_STORE_CODE, 0),
+                            P.NOTIFY_STORE.pack(ino, 0, len(data), 0), data)))
+
     def _put(self, message: bytes) -> None:
         with self._lock:
             if self._queue is None:

@@ -225,6 +225,8 @@ NOTIFY_INVAL_INODE_CODE = 2
 NOTIFY_INVAL_ENTRY_CODE = 3
 NOTIFY_INVAL_INODE = struct.Struct("<Qqq")   # ino offset length
 NOTIFY_INVAL_ENTRY = struct.Struct("<QII")   # parent namelen flags, then name + NUL
+NOTIFY_STORE_CODE = 4
+NOTIFY_STORE = struct.Struct("<QQII")        # ino offset size padding, then the bytes
 
 
 # Zero bytes used to pad dirent names to 8 bytes, by pad length.

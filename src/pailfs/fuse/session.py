@@ -570,3 +570,8 @@ class FuseSession:
         """Ask the kernel to drop its cached name -> inode entry (any thread)."""
         if self.initialized.is_set() and not self.finished.is_set():
             self.notifier.invalidate_entry(parent, name)
+
+    def store_pages(self, ino: int, data: bytes) -> None:
+        """Hand a whole file's bytes to the kernel's page cache (any thread)."""
+        if self.initialized.is_set() and not self.finished.is_set():
+            self.notifier.store(ino, data)
