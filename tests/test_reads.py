@@ -347,3 +347,26 @@ def test_warmup_after_an_object_changed_hands_over_the_new_bytes(bucket, s3_env,
         assert mount_stats(mnt)["store"]["requests"]["get"] >= before + 1
         assert (mnt / "d" / "007").read_bytes() == new
         assert all((mnt / k).read_bytes() == v for k, v in objects.items() if k != "d/007")
+
+
+@pytest.mark.parametrize("mode", ["rw", "ro"])
+def test_warmup_reads_regular_files_only(mode, bucket, s3_env, tmp_path):
+    """Symlinks (to a file, to a directory) are not followed and a FIFO is never opened
+    (an open would wait for a writer): the warmup ends, and counts the regular files.
+    The read-only data-set mount reads no object metadata, so it shows the symlinks
+    (their targets as content) and the FIFO (empty) as regular files."""
+    with mounted(bucket, tmp_path / "w", "kernel_cache") as mnt:
+        (mnt / "d" / "sub").mkdir(parents=True)
+        (mnt / "d" / "a.bin").write_bytes(blob(1, 4000))
+        (mnt / "d" / "sub" / "b.bin").write_bytes(blob(2, 5000))
+        os.symlink("a.bin", mnt / "d" / "to-file")
+        os.symlink("sub", mnt / "d" / "to-dir")
+        os.mkfifo(mnt / "d" / "pipe")
+        if mode == "rw":
+            proc = pailfs("warmup", str(mnt / "d"), timeout=60, check=True)
+    if mode == "ro":
+        with mounted(bucket, tmp_path / "r", RO) as mnt:
+            proc = pailfs("warmup", str(mnt / "d"), timeout=60, check=True)
+            assert (mnt / "d" / "sub" / "b.bin").read_bytes() == blob(2, 5000)
+    expected = {"rw": "warmed 2 files, 9,000 bytes", "ro": "warmed 5 files, 9,008 bytes"}[mode]
+    assert expected in proc.stdout.decode()

@@ -296,12 +296,17 @@ def warmup(path: Path = typer.Argument(..., help="A directory inside a pailfs mo
     failures: list[str] = []
 
     def scan(root: str) -> tuple[str, list[tuple[str, int]]]:
-        """A directory's entries in listing order with their sizes (-1: a directory). The
-        stat is a lookup: the mount hands pages only to inodes the kernel knows."""
+        """A directory's entries in listing order (the mount counts batches in it) with
+        their sizes: -1 a directory, -2 anything else that is not a regular file (a
+        symlink is not followed; a FIFO would block). The stat is a lookup: the mount
+        hands pages only to inodes the kernel knows."""
+        def size(e: os.DirEntry) -> int:
+            return -1 if e.is_dir(follow_symlinks=False) else \
+                e.stat(follow_symlinks=False).st_size if e.is_file(follow_symlinks=False) else -2
+
         try:
             with os.scandir(root) as it:
-                return root, [(e.path, -1 if e.is_dir(follow_symlinks=False) else e.stat(follow_symlinks=False).st_size)
-                              for e in it]
+                return root, [(e.path, size(e)) for e in it]
         except OSError as exc:
             failures.append(f"{root}: {exc.strerror}")
             return root, []
@@ -347,7 +352,7 @@ def warmup(path: Path = typer.Argument(..., help="A directory inside a pailfs mo
                     count += len(sizes)
                     total += sum(sizes)
                     progress.update(task, total=total, description=f"warming {count} files")
-                    running.update({pool.submit(scan, name): "scan" for name, size in entries if size < 0})
+                    running.update({pool.submit(scan, name): "scan" for name, size in entries if size == -1})
                     running.update({pool.submit(warm_batch, root, i, entries[i:i + WARM_BATCH]): "batch"
                                     for i in range(0, len(entries), WARM_BATCH)
                                     if any(size >= 0 for _, size in entries[i:i + WARM_BATCH])})

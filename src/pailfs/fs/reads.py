@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import stat
 from typing import Callable
 
 from pailfs.cache.data import MemoryCache, MiB, Prefetcher
@@ -396,7 +397,8 @@ class ObjectReader:
         if self._warm_slots is None:
             self._warm_slots = asyncio.Semaphore(AHEAD_IN_FLIGHT)
         slots = self._warm_slots
-        todo = iter([n for n in files if not n.is_dir and 0 < n.size <= self.small_max])
+        # regular files only: a symlink's or FIFO's inode has no pages to fill
+        todo = iter([n for n in files if not n.is_dir and 0 < n.size <= self.small_max and stat.S_ISREG(n.mode)])
         done = [0, 0, 0]
 
         async def worker() -> None:
