@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 import uuid
@@ -35,6 +36,7 @@ from rich.progress import (
 )
 
 from pailfs.bench import machine, report
+from pailfs.errors import PailfsError
 from pailfs.bench.dataset import MIB, Dataset, DatasetSpec, prepare, sha256_file
 from pailfs.bench.proxy import LatencyProxy
 from pailfs.bench.systems import (
@@ -236,7 +238,12 @@ def run_cell(state: RunState, system: System, wl: Workload, rep: int) -> None:
         with system.open(env, rw=rw) as s:
             drop_caches(state)
             for phase in PHASES:
-                state.samples.append(timed(state, s, wl, fn, rep, phase, f"{prefix}/{phase}"))
+                try:
+                    state.samples.append(timed(state, s, wl, fn, rep, phase, f"{prefix}/{phase}"))
+                except (AssertionError, subprocess.TimeoutExpired) as exc:
+                    # a system that fails a workload (wrong bytes, a command that fails or
+                    # hangs) ends the run with one line saying which cell
+                    raise PailfsError(f"{wl.name} on {system.name}, repeat {rep + 1}, {phase} pass: {exc}") from None
     finally:
         if rw:
             if system.kind == "local":

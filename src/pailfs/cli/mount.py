@@ -285,6 +285,7 @@ def stats(mountpoint: Path = typer.Argument(...),
 def warmup(path: Path = typer.Argument(..., help="A directory inside a pailfs mount."),
            jobs: int = typer.Option(16, "-j", "--jobs", help="Directories, batches of small files or other files "
                                                              "handled in parallel.")) -> None:
+    import collections
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
@@ -342,6 +343,7 @@ def warmup(path: Path = typer.Argument(..., help="A directory inside a pailfs mo
         task = progress.add_task("warming", total=None)
         # a directory's small files are fetched while the walk goes on
         running = {pool.submit(scan, str(path)): "scan"}
+        batches: collections.deque[tuple[str, int, list[tuple[str, int]]]] = collections.deque()
         while running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -353,18 +355,22 @@ def warmup(path: Path = typer.Argument(..., help="A directory inside a pailfs mo
                     total += sum(sizes)
                     progress.update(task, total=total, description=f"warming {count} files")
                     running.update({pool.submit(scan, name): "scan" for name, size in entries if size == -1})
-                    running.update({pool.submit(warm_batch, root, i, entries[i:i + WARM_BATCH]): "batch"
-                                    for i in range(0, len(entries), WARM_BATCH)
-                                    if any(size >= 0 for _, size in entries[i:i + WARM_BATCH])})
+                    batches.extend((root, i, entries[i:i + WARM_BATCH]) for i in range(0, len(entries), WARM_BATCH)
+                                   if any(size >= 0 for _, size in entries[i:i + WARM_BATCH]))
                 elif kind == "batch":
                     warmed, rest = future.result()
                     progress.advance(task, warmed)
                     running.update({pool.submit(read_all, name): "read" for name, _ in rest})
                 else:
                     progress.advance(task, future.result())
+            # a few batches keep the mount's queue full (it fetches 64 at a time from it),
+            # and leave threads for the walk and for the files read here
+            while batches and sum(kind == "batch" for kind in running.values()) < WARM_BATCHES_IN_FLIGHT:
+                running[pool.submit(warm_batch, *batches.popleft())] = "batch"
     typer.echo(f"warmed {count - len(failures)} files, {total:,} bytes")
     if failures:
         raise MountError(f"{len(failures)} files could not be read, first: {failures[0]}")
 
 
 WARM_BATCH = 256  # entries of a directory per request to the mount
+WARM_BATCHES_IN_FLIGHT = 4

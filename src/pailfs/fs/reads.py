@@ -122,7 +122,9 @@ class ObjectReader:
         self._ahead_in_flight = 0
         self.ahead_fetched = self.ahead_hits = 0
         self.ahead_fetched_bytes = 0
-        self._warm_slots: asyncio.Semaphore | None = None  # whole-object fetches of warm(), across the mount
+        self._warm_queue: collections.deque[tuple[Node, _WarmRequest]] = collections.deque()
+        self._warm_workers: set[asyncio.Task] = set()
+        self._warm_running = 0
         self.warmed_files = self.warmed_bytes = 0
         # small objects read to their end (or handed over) on a kernel_cache mount: the
         # kernel holds their pages, unless memory pressure made it drop them since
@@ -393,44 +395,74 @@ class ObjectReader:
         page cache: what `pailfs warmup` asks for, without an open and a READ per file.
         One the kernel holds already (read or handed over before, unchanged since) is
         not fetched again. Returns (files in the page cache, their bytes, small files
-        that are not)."""
-        if self._warm_slots is None:
-            self._warm_slots = asyncio.Semaphore(AHEAD_IN_FLIGHT)
-        slots = self._warm_slots
+        that are not).
+
+        Every request's files go into one queue that up to AHEAD_IN_FLIGHT workers
+        drain: the GETs in flight stay at that bound across concurrent requests, with
+        no waiting in line for a slot and no gap between one request and the next."""
         # regular files only: a symlink's or FIFO's inode has no pages to fill
-        todo = iter([n for n in files if not n.is_dir and 0 < n.size <= self.small_max and stat.S_ISREG(n.mode)])
-        done = [0, 0, 0]
+        nodes = [n for n in files if not n.is_dir and 0 < n.size <= self.small_max and stat.S_ISREG(n.mode)]
+        request = _WarmRequest(len(nodes), store_pages)
+        if not nodes:
+            return 0, 0, 0
+        self._warm_queue.extend((node, request) for node in nodes)
+        loop = asyncio.get_running_loop()
+        # counted by the workers themselves: a task done is only dropped from the set
+        # later, and a request arriving meanwhile would find no worker to take it
+        while self._warm_running < min(AHEAD_IN_FLIGHT, len(self._warm_queue)):
+            self._warm_running += 1
+            task = loop.create_task(self._warm_worker())
+            self._warm_workers.add(task)
+            task.add_done_callback(self._warm_workers.discard)
+        try:
+            await request.finished
+        except asyncio.CancelledError:  # the caller was interrupted: its files left in the queue are skipped
+            request.cancelled = True
+            raise
+        return request.files, request.bytes, request.missed
 
-        async def worker() -> None:
-            for node in todo:
-                size, etag = node.size, node.etag
-                if node.ino in self._in_kernel:
-                    done[0] += 1
-                    done[1] += size
-                    continue
-                if etag is None:  # never listed with its ETag: read through the mount instead
-                    done[2] += 1
-                    continue
+    async def _warm_worker(self) -> None:
+        queue = self._warm_queue
+        try:
+            while queue:
+                node, request = queue.popleft()
                 try:
-                    async with slots:
-                        data = self.memory.get(node.ino)
-                        if data is None:
-                            data = await self._fetch_whole(node)
+                    if not request.cancelled:
+                        await self._warm_one(node, request)
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # the mount is ending
+                        raise
+                    request.missed += 1  # the fetch it joined was cancelled, not this worker
                 except Exception:  # noqa: BLE001 - the caller reads it through the mount and sees the error
-                    done[2] += 1
-                    continue
-                if node.etag != etag or len(data) != size:  # changed meanwhile: the kernel's size is stale
-                    done[2] += 1
-                    continue
-                store_pages(node.ino, bytes(data))
-                self._done_reading(node.ino)
-                self.warmed_files += 1
-                self.warmed_bytes += size
-                done[0] += 1
-                done[1] += size
+                    request.missed += 1
+                finally:  # every file is accounted for, or its caller would wait forever
+                    request.left -= 1
+                    if request.left == 0 and not request.finished.done():
+                        request.finished.set_result(None)
+        finally:
+            self._warm_running -= 1  # in the same step as the empty queue was seen
 
-        await asyncio.gather(*(worker() for _ in range(AHEAD_IN_FLIGHT)))
-        return done[0], done[1], done[2]
+    async def _warm_one(self, node: Node, request: "_WarmRequest") -> None:
+        size, etag = node.size, node.etag
+        if node.ino in self._in_kernel:
+            request.files += 1
+            request.bytes += size
+            return
+        if etag is None:  # never listed with its ETag: read through the mount instead
+            request.missed += 1
+            return
+        data = self.memory.get(node.ino)
+        if data is None:
+            data = await self._fetch_whole(node)
+        if node.etag != etag or len(data) != size:  # changed meanwhile: the kernel's size is stale
+            request.missed += 1
+            return
+        request.store_pages(node.ino, bytes(data))
+        self._done_reading(node.ino)
+        self.warmed_files += 1
+        self.warmed_bytes += size
+        request.files += 1
+        request.bytes += size
 
     # ------------------------------------------------------------------ invalidation
     def remember(self, ino: int, data: bytes) -> None:
@@ -472,8 +504,24 @@ class ObjectReader:
         self._prefetchers.clear()
         self._scans.clear()
         self._ahead.clear()
+        self._warm_queue.clear()
+        for task in self._warm_workers:
+            task.cancel()
         if self.disk_cache is not None:
             self.disk_cache.close()
+
+
+class _WarmRequest:
+    """One warm() call: its files not done yet, what was done, and who waits."""
+
+    __slots__ = ("left", "store_pages", "files", "bytes", "missed", "cancelled", "finished")
+
+    def __init__(self, left: int, store_pages: Callable[[int, bytes], None]) -> None:
+        self.left = left
+        self.store_pages = store_pages
+        self.files = self.bytes = self.missed = 0
+        self.cancelled = False
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
 def _retrieve(task: asyncio.Task) -> None:
