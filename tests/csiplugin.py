@@ -6,11 +6,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 
+from mounts import wait_for
 from pailfs.csi import csi_pb2, csi_pb2_grpc
 
 Mode = csi_pb2.VolumeCapability.AccessMode
@@ -55,18 +55,17 @@ class Plugin:
                 [sys.executable, "-m", "pailfs", "csi", "--endpoint", self.endpoint, "--node-id", self.node_id,
                  "--state-dir", str(self.state_dir), "--verbose"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env)
-        deadline = time.monotonic() + 30
-        while True:
+        def ready() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, \
+                f"pailfs csi exited:\n{self.log.read_text()}"
             try:
                 with grpc.insecure_channel(self.endpoint) as ch:
                     # ready: the mounts of a previous plugin are taken over
-                    if csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=2).ready.value:
-                        return
+                    return csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=2).ready.value
             except grpc.RpcError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"pailfs csi did not come up:\n{self.log.read_text()}")
-            time.sleep(0.1)
+                return False
+
+        wait_for(ready, "pailfs csi to come up", timeout=30)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:

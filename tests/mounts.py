@@ -155,12 +155,11 @@ def uploads_in_progress(url: str, bucket: str, key: str) -> dict[str, int]:
     return asyncio.run(run())
 
 
-def wait_for(what, deadline_s: float = 60.0):
-    """Poll what() until it returns something true (returned), failing after the deadline."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = what()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.1)
+def wait_for(condition, what: str = "condition", timeout: float = 60.0):
+    """Poll condition() until it returns something true (returned), failing with
+    "timed out waiting for WHAT" after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return result

@@ -17,10 +17,9 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from mounts import get_object, is_mounted, list_keys, mounted, pailfs, put_objects
 from pailfs.config import GENERIC_MOUNT_FLAGS, OPTIONS, parse_options

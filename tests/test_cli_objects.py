@@ -327,7 +327,7 @@ def test_cp_r_resumes_an_interrupted_upload_and_download(s3_env, seaweed, bucket
     import signal
 
     from faultproxy import GET_OBJECT, PUT, FaultProxy
-    from mounts import list_keys
+    from mounts import list_keys, wait_for
 
     src = tmp_path / "src"
     for i in range(2000):
@@ -338,11 +338,11 @@ def test_cp_r_resumes_an_interrupted_upload_and_download(s3_env, seaweed, bucket
     first = subprocess.Popen([PAILFS, "cp", "-q", "-r", "-j", "2", str(src), url], env=os.environ,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while len(list_keys(f"s3://{bucket}")) < 300:
+        def landed() -> bool:
             assert first.poll() is None, "the first upload ended before it could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+            return len(list_keys(f"s3://{bucket}")) >= 300
+
+        wait_for(landed, "300 uploaded files", timeout=120)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()

@@ -25,6 +25,7 @@ from pailfs.csi.node import CsiError, NodeService, plan_mount
 from pailfs.csi.server import build_server
 
 from csiplugin import SECRETS, Mode, Plugin, publish_request
+from mounts import wait_for
 
 LOCAL_PATH_OPTIONS = [o.name for o in config.OPTIONS if o.local_path]
 
@@ -351,15 +352,6 @@ def fake_mounts_running(target: Path | None = None) -> list[str]:
             if "fake_mount.py" in c and (target is None or f" {target} " in c)]
 
 
-def wait_for(condition, timeout: float = 10, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-    return result
-
-
 def _publish_in_thread(node, req, results: list) -> threading.Thread:
     def run():
         try:
@@ -684,17 +676,16 @@ def test_dead_mount_is_replaced_on_publish(stubs, volume, targets):
     publish(node, volume, target)
     for pid in daemons_for(target):
         os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def stale() -> bool:
         try:
             os.statvfs(target)  # stat may be answered from the kernel's attribute cache
         except OSError as exc:
             # ENOTCONN, or ECONNABORTED when the daemon asked for FUSE_ABORT_ERROR
             assert exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("the mount did not go stale after its daemon was killed")
+            return True
+        return False
+
+    wait_for(stale, "the mount to go stale after its daemon was killed", timeout=10)
     publish(node, volume, target)
     assert proc_mounts().count(str(target)) == 1
     assert_reads_data_set(target)
@@ -708,10 +699,8 @@ def test_unpublish_of_a_dead_mount(stubs, volume, targets):
     publish(node, volume, target)
     for pid in daemons_for(target):
         os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while daemons_for(target):  # the daemons are gone (reaped): the mount is dead
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    # the daemons are gone (reaped): the mount is dead
+    wait_for(lambda: not daemons_for(target), "the killed daemons to be reaped", timeout=10)
     unpublish(node, target)
     assert str(target) not in proc_mounts()
     assert not target.exists()
@@ -732,10 +721,7 @@ def test_mount_survives_a_plugin_restart(plugin, volume, targets, sig):
         assert proc_mounts().count(str(target)) == 1
         unpublish(node, target)
     assert str(target) not in proc_mounts()
-    deadline = time.monotonic() + 10
-    while daemons_for(target) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not daemons_for(target), "the mount's daemon outlived the unpublish"
+    wait_for(lambda: not daemons_for(target), "the mount's daemon to end after the unpublish", timeout=10)
 
 
 def test_publish_with_wrong_credentials_fails_cleanly(stubs, volume, targets, plugin):
@@ -1120,14 +1106,14 @@ def test_supervisor_restarts_a_crashed_server_and_mounts_keep_reading(plugin, vo
     wait_for(lambda: [c for c in children_of(plugin.proc.pid) if "--serve-only" in c[2] and c[0] != first],
              what="a new gRPC server")
     with grpc.insecure_channel(plugin.endpoint) as ch:
-        deadline = time.monotonic() + 30
-        while True:
+        def answers() -> bool:
             try:
                 csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=2)
-                break
+                return True
             except grpc.RpcError:
-                assert time.monotonic() < deadline, plugin.log.read_text()
-                time.sleep(0.1)
+                return False
+
+        wait_for(answers, "the new gRPC server to answer", timeout=30)
         node = csi_pb2_grpc.NodeStub(ch)
         publish(node, volume, target)  # the restarted server knows the publication
         assert_reads_data_set(target)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import json
 import subprocess
 import sys
 import tempfile
@@ -85,9 +86,28 @@ def test_a_mount_works_without_any_extra(s3_env, bucket, tmp_path, blocked_env):
 
 def test_importing_pailfs_and_its_cli_loads_no_extra():
     code = ("import sys, pailfs, pailfs.cli, pailfs.store, pailfs.fuse, pailfs.checkpoint; "
+            "pailfs.cli.load_commands(['pailfs']); "  # every command module, as `pailfs --help` does
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_each_command_is_found_in_the_module_the_cli_loads_for_it():
+    """`pailfs NAME` imports only the module COMMAND_MODULES names for NAME: each module
+    must register exactly the commands listed for it."""
+    code = ("import importlib, json; import pailfs.cli as cli\n"
+            "def names():\n"
+            "    return {c.name or c.callback.__name__ for c in cli.app.registered_commands} | "
+            "{g.name or g.typer_instance.info.name for g in cli.app.registered_groups}\n"
+            "out = {}\n"
+            "for module in cli.COMMAND_MODULES:\n"
+            "    before = names(); importlib.import_module('pailfs.cli.' + module)\n"
+            "    out[module] = sorted(names() - before)\n"
+            "print(json.dumps(out))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    from pailfs.cli import COMMAND_MODULES
+
+    assert json.loads(proc.stdout) == {module: sorted(names) for module, names in COMMAND_MODULES.items()}
 
 
 @pytest.mark.parametrize("args, extra", [

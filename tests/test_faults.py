@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 
-import faultproxy
 from conftest import make_bucket
 from faultproxy import GET_OBJECT, LIST, PUT, FaultProxy, kill9, restart
 from mounts import get_object, get_object_after_restart, list_keys, mounted, pailfs, put_objects

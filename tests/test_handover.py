@@ -31,7 +31,7 @@ import grpc
 import pytest
 
 from csiplugin import Mode, publish_request
-from mounts import get_object, is_mounted, mounted, pailfs, put_objects
+from mounts import get_object, is_mounted, mounted, pailfs, put_objects, wait_for
 from pailfs.csi import csi_pb2, csi_pb2_grpc
 from pailfs.procs import pid_running, pids_with_argument
 
@@ -95,14 +95,6 @@ class Reader(threading.Thread):
         self.join(30)
 
 
-def wait_until(condition, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return result
-
-
 def report(name: str, reader: Reader, log: Path | None = None) -> None:
     waited = [line.split("over: ", 1)[1] for line in (log.read_text().splitlines() if log else [])
               if "readers waited" in line]
@@ -129,7 +121,7 @@ def test_takeover_of_a_read_only_mount(s3_env, bucket, tmp_path):
             reader.mark()
             proc = pailfs("mount", "--takeover", str(mnt))
             assert proc.returncode == 0, proc.stderr
-            wait_until(lambda: not pid_running(old), "the old daemon to exit")
+            wait_for(lambda: not pid_running(old), "the old daemon to exit")
             (new,) = serving(mnt)
             assert new != old and "--takeover" in Path(f"/proc/{new}/cmdline").read_text()
             reader.wait_reads(30)
@@ -180,7 +172,7 @@ def test_takeover_of_a_read_write_mount_keeps_unsaved_writes(s3_env, bucket, tmp
             reader.mark()
             proc = pailfs("mount", "--takeover", str(mnt))
             assert proc.returncode == 0, proc.stderr
-            wait_until(lambda: not pid_running(old), "the old daemon to exit")
+            wait_for(lambda: not pid_running(old), "the old daemon to exit")
             reader.wait_reads(20)
             # the old daemon left without uploading half a file; the successor has the data
             assert get_object(f"s3://{bucket}", "data/open-across.bin") is None
@@ -206,7 +198,7 @@ def test_takeover_twice_and_unmount(s3_env, bucket, tmp_path):
         for _ in range(2):
             (old,) = serving(mnt)
             assert pailfs("mount", "--takeover", str(mnt)).returncode == 0
-            wait_until(lambda: not pid_running(old), "the old daemon to exit")
+            wait_for(lambda: not pid_running(old), "the old daemon to exit")
             assert (mnt / "data" / "b.txt").read_bytes() == DATA["data/b.txt"]
         (last,) = serving(mnt)
     assert not is_mounted(mnt) and not pid_running(last)  # `pailfs umount` waited for the successor
@@ -236,7 +228,7 @@ class NamespacedPlugin:
                  sys.executable, "-m", "pailfs", "csi", "--endpoint", self.endpoint, "--node-id", "node-1",
                  "--state-dir", str(workdir / "state"), "--verbose"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        self.pid1 = wait_until(lambda: _children(self.unshare.pid), f"{name}'s PID 1")[0]
+        self.pid1 = wait_for(lambda: _children(self.unshare.pid), f"{name}'s PID 1")[0]
 
     def wait_ready(self) -> None:
         def ready() -> bool:
@@ -249,7 +241,7 @@ class NamespacedPlugin:
             except grpc.RpcError:
                 return False
 
-        wait_until(ready, "the plugin to be ready")
+        wait_for(ready, "the plugin to be ready")
 
     def pid_namespace(self) -> str:
         return os.readlink(f"/proc/{self.pid1}/ns/pid")
@@ -258,7 +250,7 @@ class NamespacedPlugin:
         """SIGKILL to unshare: --kill-child kills PID 1, and with it every process of the namespace."""
         self.unshare.kill()
         self.unshare.wait(30)
-        wait_until(lambda: not pid_running(self.pid1), "the namespace's PID 1 to die")
+        wait_for(lambda: not pid_running(self.pid1), "the namespace's PID 1 to die")
 
     def stop(self) -> None:
         if self.unshare.poll() is None:
@@ -336,7 +328,7 @@ def test_csi_plugin_upgrade_takes_over_the_mounts(s3_env, bucket, seaweed, s3_cr
         reader.wait_reads(30)
         # A keeps only its gRPC server: its daemon handed the mount over and exited, so on
         # SIGTERM A's supervisor would exit at once
-        wait_until(lambda: all("--serve-only" in _cmdline(c) for c in _children(a.pid1)), "A's daemon to go")
+        wait_for(lambda: all("--serve-only" in _cmdline(c) for c in _children(a.pid1)), "A's daemon to go")
         a.kill_namespace()
         reader.wait_reads(30)
         reader.finish()
@@ -351,7 +343,7 @@ def test_csi_plugin_upgrade_takes_over_the_mounts(s3_env, bucket, seaweed, s3_cr
                 csi_pb2.NodeUnpublishVolumeRequest(volume_id="pv-data", target_path=str(target)), timeout=90)
         assert not is_mounted(target)
         # B, PID 1 of its namespace, reaped the daemon: no zombie left
-        wait_until(lambda: not Path(f"/proc/{daemon}").exists(), "the daemon to be reaped")
+        wait_for(lambda: not Path(f"/proc/{daemon}").exists(), "the daemon to be reaped")
     finally:
         if reader is not None:
             reader.finish()
@@ -378,8 +370,8 @@ def test_the_plugin_as_pid1_keeps_its_mounts_after_sigterm(s3_env, bucket, seawe
                 publish_request("pv-keep", target, context=context, secrets=secrets), timeout=90)
         (server,) = [c for c in _children(plugin.pid1) if "--serve-only" in _cmdline(c)]
         os.kill(plugin.pid1, signal.SIGTERM)
-        wait_until(lambda: not Path(f"/proc/{server}").exists(), "the gRPC server to stop and be reaped")
-        assert "waiting for them to be taken over or unmounted" in wait_until(
+        wait_for(lambda: not Path(f"/proc/{server}").exists(), "the gRPC server to stop and be reaped")
+        assert "waiting for them to be taken over or unmounted" in wait_for(
             lambda: "waiting for them" in plugin.log.read_text() and plugin.log.read_text(), "the supervisor's word")
         assert plugin.unshare.poll() is None and pid_running(plugin.pid1)
         assert (target / "b.txt").read_bytes() == DATA["data/b.txt"]

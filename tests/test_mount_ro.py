@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from mounts import blob, get_object, is_mounted, mount_stats, mounted, pailfs, put_objects
+from mounts import blob, is_mounted, mount_stats, mounted, pailfs, put_objects
 
 RO = "ro,kernel_cache,max_stat_cache_size=10000,umask=022"
 
