@@ -4,6 +4,7 @@ stderr and the bytes that arrive."""
 
 from __future__ import annotations
 
+import asyncio
 import filecmp
 import os
 import re
@@ -382,3 +383,115 @@ def test_cp_r_resumes_an_interrupted_upload_and_download(s3_env, seaweed, bucket
         proxy.requests.clear()
         forced = pailfs("cp", "-q", "-r", "--force", url, str(dest), env=env, timeout=300)
         assert forced.returncode == 0 and sum(1 for m, t in proxy.requests if GET_OBJECT(m, t)) == 2000
+
+
+# --- incomplete multipart uploads -----------------------------------------------------------------
+def _store(bucket: str):
+    from pailfs.store import open_store
+    return open_store(f"s3://{bucket}")
+
+
+def _uploads(bucket: str, prefix: str = "") -> list[tuple[str, str]]:
+    async def listed():
+        store = _store(bucket)
+        try:
+            return sorted([(up.key, up.upload_id) async for up in store.list_uploads(prefix)])
+        finally:
+            await store.close()
+    return asyncio.run(listed())
+
+
+def _begin_upload(bucket: str, key: str) -> str:
+    """What another writer still at work (or killed) leaves: an upload with a part."""
+    async def begin():
+        store = _store(bucket)
+        try:
+            upload_id = await store.create_multipart(key)
+            await store.upload_part(key, upload_id, 1, b"a part")
+            return upload_id
+        finally:
+            await store.close()
+    return asyncio.run(begin())
+
+
+def test_uploads_lists_and_aborts_only_what_it_is_asked_to(s3_env, bucket, tmp_path):
+    (tmp_path / "done.txt").write_bytes(b"complete")
+    assert pailfs("cp", str(tmp_path / "done.txt"), f"s3://{bucket}/p/done.txt").returncode == 0
+    first = _begin_upload(bucket, "p/a.bin")
+    second = _begin_upload(bucket, "p/deeper/b.bin")
+    outside = _begin_upload(bucket, "q/c.bin")
+
+    listed = pailfs("uploads", f"s3://{bucket}/p/")
+    assert listed.returncode == 0 and listed.stderr == "", listed.stderr
+    rows = sorted(line.split("  ")[1:] for line in listed.stdout.splitlines())
+    assert rows == [[first, f"s3://{bucket}/p/a.bin"], [second, f"s3://{bucket}/p/deeper/b.bin"]]
+
+    young = pailfs("uploads", "--abort", f"s3://{bucket}/p/")  # default: begun 24h ago or more
+    assert young.returncode == 0 and young.stdout == ""
+    assert young.stderr.strip() == "aborted 0 uploads; 2 begun less than 24h ago left alone"
+    assert len(_uploads(bucket)) == 3
+
+    aborted = pailfs("uploads", "--abort", "--older-than", "0", f"s3://{bucket}/p/")
+    assert aborted.returncode == 0 and aborted.stderr.strip() == "aborted 2 uploads", aborted.stderr
+    assert len(aborted.stdout.splitlines()) == 2 and all(line.startswith("aborted ") for line in aborted.stdout.splitlines())
+    assert _uploads(bucket) == [("q/c.bin", outside)]  # outside the prefix: untouched
+    assert pailfs("stat", f"s3://{bucket}/p/done.txt").returncode == 0  # objects are never touched
+    assert pailfs("uploads", f"s3://{bucket}/p/").stdout == ""
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["uploads", "--abort", "--older-than", "1x", "s3://some-bucket/"], "--older-than: '1x' is not an age"),
+    (["uploads", "s3://no-such-bucket-here/"], "no such bucket"),
+    (["uploads", "/local/path"], "malformed URL '/local/path'"),
+])
+def test_uploads_bad_input_is_one_line(s3_env, args, expected):
+    assert expected in one_line_error(pailfs(*args))
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGKILL"])
+def test_an_interrupted_cp_frees_its_upload_and_only_its_own(s3_env, seaweed, bucket, tmp_path, sig):
+    """A large cp stopped mid-upload by SIGTERM (kill, timeout(1), a pod stopping) or
+    Ctrl-C aborts the multipart upload it began: no parts are left billed, the object
+    already at the key is unchanged, another writer's upload of the same key is kept.
+    SIGKILL leaves it (nothing can run), and `pailfs uploads --abort` frees it."""
+    import signal
+
+    from faultproxy import FaultProxy
+    from mounts import wait_for
+
+    key = "ckpt/model.bin"
+    src = tmp_path / "model.bin"
+    src.write_bytes(os.urandom(30 * MiB))
+    old = b"the previous model"
+    (tmp_path / "old.bin").write_bytes(old)
+    assert pailfs("cp", str(tmp_path / "old.bin"), f"s3://{bucket}/{key}").returncode == 0
+    theirs = _begin_upload(bucket, key)  # another writer of the same key, at work already
+
+    with FaultProxy(seaweed.state().s3_port) as proxy:
+        proxy.blackhole(match=lambda method, target: method == "PUT" and "partNumber=" in target)
+        cp = subprocess.Popen([PAILFS, "cp", "-q", str(src), f"s3://{bucket}/{key}", "-o", "multipart_size=5"],
+                              env={**os.environ, "PAILFS_ENDPOINT": proxy.endpoint},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            mine = wait_for(lambda: [u for k, u in _uploads(bucket, key) if u != theirs], "the cp's upload", 60)
+            cp.send_signal(getattr(signal, sig))
+            _, stderr = cp.communicate(timeout=60)
+        finally:
+            if cp.poll() is None:
+                cp.kill()
+                cp.wait()
+        proxy.passthrough()
+
+    assert pailfs("cp", f"s3://{bucket}/{key}", str(tmp_path / "got.bin")).returncode == 0
+    assert (tmp_path / "got.bin").read_bytes() == old  # the object at the key is untouched
+    left = [u for _, u in _uploads(bucket, key)]
+    if sig == "SIGKILL":
+        assert cp.returncode == -signal.SIGKILL and sorted(left) == sorted([theirs, *mine])
+        freed = pailfs("uploads", "--abort", "--older-than", "0", f"s3://{bucket}/{key}")
+        assert freed.returncode == 0 and freed.stderr.strip() == "aborted 2 uploads", freed.stderr
+        assert _uploads(bucket) == []
+    else:
+        # SIGTERM says why in one line; Ctrl-C ends quietly, as cp(1) does
+        said = "pailfs: interrupted (SIGTERM)" if sig == "SIGTERM" else ""
+        assert cp.returncode == 130 and stderr.strip() == said, (cp.returncode, stderr)
+        assert left == [theirs]

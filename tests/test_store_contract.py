@@ -662,6 +662,30 @@ def test_abort_stale_uploads(run):
         assert (fresh, selected, rest, again) == (0, 0, 0, 0)
 
 
+def test_list_uploads_shows_incomplete_uploads_until_completed_or_aborted(run):
+    async def body(store):
+        await store.put("up/done", b"complete")
+        started = time.time()
+        first = await store.create_multipart("up/b.bin")
+        second = await store.create_multipart("up/a.bin")
+        outside = await store.create_multipart("elsewhere.bin")
+        await store.upload_part("up/b.bin", first, 1, b"part")
+        listed = [up async for up in store.list_uploads("up/")]
+        everything = [up.key async for up in store.list_uploads()]
+        await store.abort_multipart("up/a.bin", second)
+        etag = await store.upload_part("up/b.bin", first, 1, b"whole")
+        await store.complete_multipart("up/b.bin", first, [(1, etag)])
+        after = [up.key async for up in store.list_uploads()]
+        await store.abort_multipart("elsewhere.bin", outside)
+        return started, (first, second, outside), listed, everything, after, [up async for up in store.list_uploads()]
+
+    started, (first, second, outside), listed, everything, after, last = run(body)
+    assert sorted((up.key, up.upload_id) for up in listed) == [("up/a.bin", second), ("up/b.bin", first)]
+    assert all(started - 5 <= up.initiated <= time.time() + 5 for up in listed)  # the server's clock
+    assert sorted(everything) == ["elsewhere.bin", "up/a.bin", "up/b.bin"]
+    assert after == ["elsewhere.bin"] and last == []
+
+
 def test_create_bucket(run, tmp_path, s3_env):
     async def body(store):
         with pytest.raises(StoreError, match="already exists") as caught:

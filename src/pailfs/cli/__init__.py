@@ -16,7 +16,7 @@ from pailfs.errors import PailfsError
 # module (a start in a third of the time: scripts call `pailfs cp` in loops).
 # Order = order in --help.
 COMMAND_MODULES = {
-    "server": ("server",), "objects": ("ls", "stat", "cp", "rm", "mb", "rb"), "k8s": ("k8s", "csi"),
+    "server": ("server",), "objects": ("ls", "stat", "cp", "rm", "uploads", "mb", "rb"), "k8s": ("k8s", "csi"),
     "mount": ("mount", "umount", "stats", "warmup"), "versioning": ("versioning", "undelete"),
     "ckpt": ("ckpt",), "bench": ("bench",), "demo": ("demo",),
 }

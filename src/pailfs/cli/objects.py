@@ -1,4 +1,4 @@
-"""`pailfs ls|stat|cp|rm|mb|rb`: ossutil-like object commands.
+"""`pailfs ls|stat|cp|rm|uploads|mb|rb`: ossutil-like object commands.
 
 Remote locations are `s3://bucket/key` (also `oss://`); anything else given to
 `cp` is a local path. Endpoint and keys come from `-o`, `--endpoint`, the
@@ -8,6 +8,7 @@ progress and summaries to stderr; every failure is one `pailfs: ...` line.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from datetime import datetime
@@ -236,6 +237,55 @@ def rm_cmd(url: str = typer.Argument(..., help="s3://bucket/key, or a prefix wit
         if not quiet:
             typer.echo(f"removed {removed} object{'s' if removed != 1 else ''}", err=True)
         skips.finish(removed, "removed")
+
+    run_with_stores(main, opts)
+
+
+# --- uploads ---------------------------------------------------------------------
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _age(text: str) -> float:
+    """'30m', '24h', '7d', '90' (seconds), '0': seconds."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text, re.IGNORECASE)
+    if not found:
+        raise BadOption(f"--older-than: '{text}' is not an age (e.g. 30m, 24h, 7d; 0 for every upload)")
+    return float(found[1]) * _AGE_UNITS[(found[2] or "s").lower()]
+
+
+@app.command("uploads")
+def uploads_cmd(url: str = typer.Argument(..., help="s3://bucket, or s3://bucket/prefix"),
+                abort: bool = typer.Option(False, "--abort", help="Abort the uploads begun at least --older-than ago."),
+                older_than: str = typer.Option("24h", "--older-than", metavar="AGE",
+                                               help="With --abort: only uploads begun this long ago or more "
+                                                    "(30m, 24h, 7d; 0: all). The default leaves writers at work alone."),
+                option: list[str] = OptionArg, endpoint: Optional[str] = EndpointArg) -> None:
+    """List the incomplete multipart uploads under a prefix, or abort the old ones.
+
+    A writer killed in the middle of a large upload (`pailfs cp`, a read-write mount,
+    any S3 client) leaves its parts stored, and billed, under no object. Like s3fs's
+    --incomplete-mpu-list and --incomplete-mpu-abort."""
+    loc = _remote(url)
+    opts = _options(option, endpoint)
+    min_age = _age(older_than)
+
+    async def main(stores: Stores) -> None:
+        store = stores.get(loc.bucket)
+        cutoff = time.time() - min_age
+        aborted = young = 0
+        async for upload in store.list_uploads(loc.path):
+            where = f"s3://{loc.bucket}/{shown(upload.key)}"
+            if not abort:
+                _echo(f"{_fmt_time(upload.initiated)}  {upload.upload_id}  {where}")
+            elif upload.initiated and upload.initiated <= cutoff:
+                await store.abort_multipart(upload.key, upload.upload_id)
+                _echo(f"aborted  {_fmt_time(upload.initiated)}  {upload.upload_id}  {where}")
+                aborted += 1
+            else:
+                young += 1
+        if abort:
+            left = f"; {young} begun less than {older_than} ago left alone" if young else ""
+            typer.echo(f"aborted {aborted} upload{'s' if aborted != 1 else ''}{left}", err=True)
 
     run_with_stores(main, opts)
 

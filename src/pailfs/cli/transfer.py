@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import stat
+import threading
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Awaitable, Callable, Iterable, TypeVar
 import typer
 from rich.progress import Progress
 
+from pailfs.cli.app import fail
 from pailfs.config import Options
 from pailfs.errors import BadOption, NotFound, PailfsError, StoreError
 from pailfs.store import open_store
@@ -44,11 +47,24 @@ class Stores:
 
 
 def run_with_stores(main: Callable[[Stores], Awaitable[T]], opts: Options) -> T:
-    """Run main(stores) on a new event loop; every store it opened is closed after."""
+    """Run main(stores) on a new event loop; every store it opened is closed after.
+    SIGTERM (kill, timeout(1), a pod stopping) ends it as Ctrl-C does: the work in
+    flight is cancelled and cleans up (an unfinished upload frees its parts)."""
+    terminated = []
+
     async def runner() -> T:
+        if threading.current_thread() is threading.main_thread():
+            task = asyncio.current_task()
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGTERM, lambda: (terminated.append(True), task.cancel()))  # type: ignore[union-attr]
         async with AsyncExitStack() as stack:
             return await main(Stores(opts, stack))
-    return asyncio.run(runner())
+    try:
+        return asyncio.run(runner())
+    except asyncio.CancelledError:
+        if terminated:
+            raise fail("interrupted (SIGTERM)", 130) from None
+        raise
 
 
 def shown(key: str) -> str:

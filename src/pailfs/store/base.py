@@ -38,6 +38,14 @@ class ObjectInfo(NamedTuple):
         return self.key.endswith("/")
 
 
+class Upload(NamedTuple):
+    """An incomplete multipart upload: parts are stored (and billed), no object yet."""
+
+    key: str
+    upload_id: str
+    initiated: float  # seconds since the epoch
+
+
 @dataclass(slots=True)
 class Listing:
     """One page (or all pages) of a LIST: objects, and common prefixes ending in '/'."""
@@ -146,6 +154,12 @@ class ObjectStore(abc.ABC):
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         """Drop an upload and its parts; an unknown upload id is not an error."""
         raise NotSupported(f"{self.url}: this store has no multipart uploads")
+
+    async def list_uploads(self, prefix: str = "") -> AsyncIterator[Upload]:
+        """The incomplete multipart uploads of keys under prefix (in no promised
+        order): a writer still at work, or one that died before it completed or aborted."""
+        return
+        yield  # an async generator that yields nothing: a store without multipart uploads
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None:

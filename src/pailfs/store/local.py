@@ -32,7 +32,7 @@ from typing import AsyncIterator, Callable, Mapping, TypeVar
 
 from pailfs.config import Options
 from pailfs.errors import AccessDenied, NoSuchBucket, NotFound, StoreError
-from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn
+from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn, Upload
 
 log = logging.getLogger(__name__)
 
@@ -452,6 +452,21 @@ class LocalStore(ObjectStore):
             joined.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         return info
+
+    async def list_uploads(self, prefix: str = "") -> AsyncIterator[Upload]:
+        def scan() -> list[Upload]:
+            found = []
+            for folder in self._tmp.glob("mpu-*") if self._tmp.is_dir() else ():
+                try:
+                    key = json.loads((folder / "upload.json").read_text())["key"]
+                    started = (folder / "upload.json").stat().st_mtime  # written once, when it began
+                except (OSError, ValueError, KeyError):
+                    continue  # completed or aborted meanwhile, or not one of ours
+                if key.startswith(prefix):
+                    found.append(Upload(key, folder.name[len("mpu-"):], started))
+            return sorted(found)
+        for upload in await self._run("list uploads", prefix, scan):
+            yield upload
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self._run("abort upload", key, lambda: shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable, Mapping
 
 from pailfs.errors import NotFound, StoreError
-from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn
+from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn, Upload
 
 _PAGE = 1000
 
@@ -182,6 +182,12 @@ class MemoryStore(ObjectStore):
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         self._enter("abort_multipart")
         self._uploads.pop(upload_id, None)
+
+    async def list_uploads(self, prefix: str = "") -> AsyncIterator[Upload]:
+        self._enter("list_uploads")
+        for uid, (key, _, _, started, _) in sorted(self._uploads.items(), key=lambda item: item[1][0]):
+            if key.startswith(prefix):
+                yield Upload(key, uid, started)
 
     async def abort_stale_uploads(self, older_than: float, prefix: str = "",
                                   select: Callable[[str], bool] | None = None) -> int:

@@ -44,7 +44,7 @@ from obstore.store import S3Store as _ObstoreS3
 from pailfs.config import MB, Options, parse_options
 from pailfs.credentials import Credentials, CredentialSource, CredentialsExpired, tls_context
 from pailfs.errors import BadCredentials, PailfsError, StoreError
-from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn
+from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn, Upload
 from pailfs.store.endpoint import Endpoint, endpoint_of
 from pailfs.store.failure import REQUEST_ERRORS, Failure, failure_of, retrying, translate
 from pailfs.store.files import ProgressReader, commit_temp, discard_temp, open_temp, write_new_file
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LIST_PAGE = 1000
+ABORT_WITHIN = 10  # seconds to free an interrupted upload's parts before giving up (and saying how)
 
 
 class S3Store(ObjectStore):
@@ -403,6 +404,7 @@ class S3Store(ObjectStore):
             # multipart: obstore aborts the upload when a part fails, so no object appears;
             # a retry starts a new upload from the first byte
             source = ProgressReader(f, progress)
+            before = {up.upload_id async for up in self.list_uploads(key) if up.key == key}
 
             async def upload() -> dict:
                 source.rewind()
@@ -413,7 +415,12 @@ class S3Store(ObjectStore):
 
             try:
                 result = await self._obs_call(upload, f"PUT {full} (multipart)")
-            except Exception as exc:  # noqa: BLE001
+            except BaseException as exc:
+                # interrupted (Ctrl-C, SIGTERM) or failed: obstore leaves a cancelled upload
+                # behind; abort the ones of this key that began while this put ran
+                await self._abort_new_uploads(key, before)
+                if not isinstance(exc, Exception):
+                    raise
                 if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, obx.BaseError)):
                     # raised by our file object: a local read error
                     # (obstore re-raises it as a bare OSError whose text is our own)
@@ -424,6 +431,21 @@ class S3Store(ObjectStore):
         self.stats.requests["put_part"] += parts
         self._count("put", up=size)
         return ObjectInfo(key, size, time.time(), result["e_tag"], meta, content_type)
+
+    async def _abort_new_uploads(self, key: str, before: set[str]) -> None:
+        """Abort the uploads of exactly `key` that are not in `before` (a put that did
+        not finish began them). A second writer of the same key starting in the same
+        moment would lose its upload too: it sees its completion fail, loudly."""
+        try:
+            async with asyncio.timeout(ABORT_WITHIN):
+                async for up in self.list_uploads(key):
+                    if up.key == key and up.upload_id not in before:
+                        await self.abort_multipart(key, up.upload_id)
+                        log.info("aborted the unfinished upload of %s", self._where(key))
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - the put's own error matters more
+            log.warning("upload of %s did not finish and its parts could not be freed (%s): "
+                        "`pailfs uploads s3://%s/%s --abort` frees them", self._where(key),
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.bucket, self._full(key))
 
     async def delete(self, key: str) -> None:
         full = self._key(key)
@@ -548,36 +570,39 @@ class S3Store(ObjectStore):
             code = failure_of(resp).code or "BucketAlreadyExists"
             raise StoreError(f"create bucket s3://{self.bucket}: it already exists ({code})")
 
-    async def abort_stale_uploads(self, older_than: float, prefix: str = "",
-                                  select: Callable[[str], bool] | None = None) -> int:
-        """Abort the multipart uploads under `prefix` begun more than `older_than` seconds
-        ago (and whose key passes `select`); their parts are freed. Returns how many."""
+    async def list_uploads(self, prefix: str = "") -> AsyncIterator[Upload]:
         root = self._full(prefix)
-        cutoff = time.time() - older_than
         query = {"uploads": "", "prefix": root}
-        aborted = 0
         while True:
             resp = await self._api_call("GET", "", "list uploads under", prefix, query=query)
+            self._count("list_uploads", down=len(resp.content))
             tree = ET.fromstring(resp.content)
             for up in tree.iter():
                 if up.tag.rsplit("}", 1)[-1] != "Upload":
                     continue
                 fields = {child.tag.rsplit("}", 1)[-1]: (child.text or "") for child in up}
                 key, upload_id = fields.get("Key", ""), fields.get("UploadId", "")
-                rel = key[len(self.root):]
-                if not key.startswith(root) or not upload_id or (select is not None and not select(rel)):
-                    continue
-                initiated = iso_date(fields.get("Initiated"))
-                if not initiated or initiated > cutoff:
-                    continue
-                await self._api_call("DELETE", key, "abort upload of", rel, query={"uploadId": upload_id},
-                                     ok=(200, 204, 404))
-                log.info("aborted a stale multipart upload of %s", self._where(rel))
-                aborted += 1
+                if key.startswith(root) and upload_id:
+                    yield Upload(key[len(self.root):], upload_id, iso_date(fields.get("Initiated")) or 0.0)
             if (find_text(tree, "IsTruncated") or "").lower() != "true":
-                return aborted
+                return
             query = {"uploads": "", "prefix": root, "key-marker": find_text(tree, "NextKeyMarker") or "",
                      "upload-id-marker": find_text(tree, "NextUploadIdMarker") or ""}
+
+    async def abort_stale_uploads(self, older_than: float, prefix: str = "",
+                                  select: Callable[[str], bool] | None = None) -> int:
+        """Abort the multipart uploads under `prefix` begun more than `older_than` seconds
+        ago (and whose key passes `select`); their parts are freed. Returns how many."""
+        cutoff = time.time() - older_than
+        stale = [up async for up in self.list_uploads(prefix)
+                 if up.initiated and up.initiated <= cutoff and (select is None or select(up.key))]
+        for up in stale:
+            # the listed key as it is: the upload id names the upload, whatever its key spells
+            await self._api_call("DELETE", self.root + up.key, "abort upload of", up.key,
+                                 query={"uploadId": up.upload_id}, ok=(200, 204, 404))
+            self._count("abort_multipart")
+            log.info("aborted a stale multipart upload of %s", self._where(up.key))
+        return len(stale)
 
     async def delete_bucket(self) -> None:
         resp = await self._api_call("DELETE", "", "delete bucket", None, ok=(200, 204, 409), probe=False)
