@@ -4,6 +4,7 @@ kernel's page cache, not pailfs's memory as well)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import multiprocessing
@@ -228,6 +229,36 @@ def test_read_ahead_returns_the_right_bytes_when_objects_change_underneath(bucke
             if stale:
                 time.sleep(0.2)
         assert stale == []
+
+
+@pytest.mark.parametrize("mode", ["ro", "rw"])
+def test_a_large_file_replaced_mid_read_fails_never_mixing_two_versions(mode, bucket, s3_env, tmp_path):
+    """Another writer replaces a 24 MiB object while a reader is part way through it.
+    The reader gets bytes of the version it began with, then ESTALE — never the rest
+    from the new version (the ranged GETs carry If-Match). The open file stays stale;
+    opening the path again reads the new object whole."""
+    old, new = os.urandom(24 << 20), os.urandom(20 << 20)
+    (tmp_path / "old.bin").write_bytes(old)
+    url = f"s3://{bucket}/shards/s0.bin"
+    assert pailfs("cp", "-q", str(tmp_path / "old.bin"), url, "-o", "multipart_size=5").returncode == 0  # an ETag "...-5"
+    opts = ("ro," if mode == "ro" else "") + "kernel_cache,umask=022,readahead_max=4,kernel_readahead=1"
+    with mounted(bucket, tmp_path / "m", opts) as mnt:
+        fd = os.open(mnt / "shards/s0.bin", os.O_RDONLY)
+        try:
+            got = os.read(fd, 1 << 20) + os.read(fd, 1 << 20)
+            put_objects(f"s3://{bucket}", {"shards/s0.bin": new})
+            with pytest.raises(OSError) as failed:
+                while chunk := os.read(fd, 1 << 20):
+                    got += chunk
+            assert failed.value.errno == errno.ESTALE
+            assert 2 << 20 <= len(got) < len(old) and got == old[:len(got)]  # the old version only
+            with pytest.raises(OSError) as again:
+                os.pread(fd, 1 << 20, 0)  # the open file stays stale, also where it had read
+            assert again.value.errno == errno.ESTALE
+        finally:
+            os.close(fd)
+        assert os.stat(mnt / "shards/s0.bin").st_size == len(new)
+        assert read_file(mnt / "shards/s0.bin") == new
 
 
 def test_small_objects_live_in_the_page_cache_not_twice(bucket, s3_env, tmp_path):

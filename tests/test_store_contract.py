@@ -14,7 +14,7 @@ import time
 import pytest
 
 import pailfs
-from pailfs.errors import (AccessDenied, BadCredentials, BadOption, NoSuchBucket, NotFound, StoreError,
+from pailfs.errors import (AccessDenied, BadCredentials, BadOption, NoSuchBucket, NotFound, PreconditionFailed, StoreError,
                            StoreUnavailable)
 from pailfs.store import open_store, parse_url
 from pailfs.store.base import ObjectStore
@@ -660,6 +660,21 @@ def test_abort_stale_uploads(run):
         assert (fresh, selected, rest, again) == (0, 1, 0, 0)
     else:  # a memory store has no uploads in flight
         assert (fresh, selected, rest, again) == (0, 0, 0, 0)
+
+
+def test_a_conditional_read_fails_once_the_object_changed(run):
+    async def body(store):
+        first = await store.put("cond/obj", b"version one")
+        same = bytes(await store.get_buffer("cond/obj", 3, 7, if_match=first.etag))
+        await store.put("cond/obj", b"version two, longer")
+        with pytest.raises(PreconditionFailed) as failed:
+            await store.get_buffer("cond/obj", 3, 7, if_match=first.etag)
+        second = await store.head("cond/obj")
+        return same, failed.value, bytes(await store.get_buffer("cond/obj", 0, 7, if_match=second.etag))
+
+    same, failed, now = run(body)
+    assert same == b"sion" and now == b"version"
+    assert "\n" not in str(failed)
 
 
 def test_list_uploads_shows_incomplete_uploads_until_completed_or_aborted(run):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 from pailfs import errors
@@ -26,11 +27,13 @@ from pailfs.config import Options
 from pailfs.errors import IsADirectory
 from pailfs.fs.mutations import Mutations
 from pailfs.fs.namespace import Namespace
-from pailfs.fs.nodes import Node
+from pailfs.fs.nodes import Node, compact_etag
 from pailfs.fs.reads import ObjectReader
 from pailfs.fs.types import ROOT_INO, FrontEnd, SetAttr, StatFs
 from pailfs.fs.writes import WriteBack
 from pailfs.store.base import ObjectStore
+
+log = logging.getLogger(__name__)
 
 STATS_XATTR = "user.pailfs.stats"
 # Reading WARM_XATTR + ".FIRST.COUNT" of a directory on a read-only kernel_cache mount
@@ -58,6 +61,7 @@ class ObjectFileSystem:
         self.negative_timeout = self.namespace.negative_timeout
         self.kernel_readahead = self.reader.kernel_readahead
         self._front_end: FrontEnd | None = None
+        self._replaced: set[int] = set()  # inodes of objects replaced while read: ESTALE
         self.started = time.time()
 
     def attach(self, loop: asyncio.AbstractEventLoop, front_end: FrontEnd | None = None) -> None:
@@ -126,7 +130,47 @@ class ObjectFileSystem:
             return await self.writes.read(node, offset, size)
         if node.etag is None:
             await self.namespace.getattr(ino)
-        return await self.reader.read(node, offset, size)
+        if ino in self._replaced:
+            raise errors.PreconditionFailed(f"read {node.key()}: the object was replaced since it was opened; "
+                                            "open it again")
+        try:
+            return await self.reader.read(node, offset, size)
+        except errors.PreconditionFailed:
+            if not await self._object_replaced(node):
+                return await self.reader.read(node, offset, size)
+            raise
+
+    async def _object_replaced(self, node: Node) -> bool:
+        """A conditional range GET of node failed: the object was replaced (or deleted)
+        while it was being read. The inode keeps meaning the version it was read as
+        (NFS's stale handle): its reads fail from now on, never mixing two versions;
+        the name gets a new inode for the object as it is now, and the kernel forgets
+        its cached entry, so the next open sees that. False if the store merely refused
+        the very ETag it lists (conditional reads are then turned off)."""
+        if node.ino in self._replaced:
+            return True  # another READ of it (the kernel's readahead sends several) got here first
+        self._replaced.add(node.ino)
+        try:
+            async with self.namespace.meta_sem:
+                info = await self.store.head(node.key())
+        except errors.NotFound:
+            info = None
+        except errors.StoreError:
+            return True  # stale all the same; the name is looked up again after its timeout
+        if info is not None and compact_etag(info.etag) == node.etag:
+            log.warning("%s answers 412 to If-Match with the ETag it lists; large files are read without it "
+                        "(a reader may then see two versions of an object replaced mid-read)", self.store.url)
+            self._replaced.discard(node.ino)
+            self.reader.conditional = False
+            return False
+        self.reader.discard(node.ino)
+        parent, name = node.parent, node.name
+        self.namespace.replace(node, info)
+        if self._front_end is not None:
+            self._front_end.invalidate_inode(node.ino)
+            if parent is not None:
+                self._front_end.invalidate_entry(parent.ino, name)
+        return True
 
     async def read_handle(self, ino: int, fh: int, offset: int, size: int) -> bytes | memoryview:
         return await self.read(ino, offset, size)

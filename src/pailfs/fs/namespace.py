@@ -159,6 +159,20 @@ class Namespace:
         if node.nlookup <= 0 and node.ino != ROOT_INO:
             self._drop(node)
 
+    def replace(self, node: Node, info: ObjectInfo | None) -> Node | None:
+        """The object under node's name is no longer the version node stands for: the
+        name gets a new inode for `info` (None: deleted, the name goes); node stays for
+        whoever holds it, detached."""
+        parent = node.parent
+        current = parent.children.get(node.name) if parent is not None and parent.children is not None else None
+        self.detach(node)
+        if current is not node or info is None:  # the name means another inode already, or nothing
+            return None
+        fresh = self.new_node(parent, node.name, False, info.size, node.mtime, compact_etag(info.etag))
+        self.set_attrs(fresh, info)
+        self.stat_cache.admit(fresh)
+        return fresh
+
     def move(self, node: Node, new_parent: Node, new_name: str) -> None:
         """Put node under new_parent as new_name (a rename): its key, and its children's,
         follow the parent chain."""

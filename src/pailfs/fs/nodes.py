@@ -148,6 +148,16 @@ def object_metadata(node: Any) -> dict[str, str]:
     return meta
 
 
+def etag_text(etag: bytes | str | None) -> str | None:
+    """A node's ETag as the store spelled it (the inverse of compact_etag)."""
+    if etag is None or isinstance(etag, str):
+        return etag
+    text = etag[:16].hex()
+    if len(etag) > 16:
+        text += f"-{int.from_bytes(etag[16:], 'big')}"
+    return f'"{text}"'
+
+
 def compact_etag(etag: str | None) -> bytes | str | None:
     """An ETag as kept in a node: '"<32 hex>"' (or '"<hex>-N"' for multipart) as raw
     bytes — 49 bytes instead of an 83-byte str — anything else as given."""
@@ -155,7 +165,9 @@ def compact_etag(etag: str | None) -> bytes | str | None:
         return None
     text = etag.strip('"')
     body, dash, parts = text.partition("-")
-    if len(body) == 32 and (not dash or parts.isdigit()):
+    # only lower-case hex is packed: OSS spells ETags in upper case, and a conditional
+    # GET must send them back as the store spelled them (etag_text)
+    if len(body) == 32 and body == body.lower() and etag == f'"{text}"' and (not dash or parts.isdigit()):
         try:
             raw = bytes.fromhex(body)
         except ValueError:

@@ -32,7 +32,7 @@ from typing import Callable
 from pailfs.cache.data import MemoryCache, MiB, Prefetcher
 from pailfs.cache.disk import DiskCache
 from pailfs.config import Options
-from pailfs.fs.nodes import Node
+from pailfs.fs.nodes import Node, etag_text
 from pailfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,9 @@ class ObjectReader:
         # what the kernel may request ahead must fit the read memory, since the chunk
         # of every READ in flight is fetched whatever the budget says
         self.kernel_readahead = min(options.kernel_readahead, options.max_buffer_memory // 4) * MiB
+        # ranged GETs carry If-Match: the version read so far (off if the store answers
+        # 412 to the ETag it lists itself)
+        self.conditional = True
         self._prefetchers: dict[int, Prefetcher] = {}
         self.disk_cache = (DiskCache(options.use_cache, options.max_cache_size * MiB)
                            if options.use_cache else None)
@@ -172,7 +175,8 @@ class ObjectReader:
         pf = self._prefetchers.pop(node.ino, None)
         if pf is None:
             key, etag = node.key(), node.etag
-            pf = Prefetcher(lambda start, end: self._get_range(key, etag, start, end), node.size,
+            version = etag_text(etag) if self.conditional else None  # every range from this version
+            pf = Prefetcher(lambda start, end: self._get_range(key, etag, start, end, version), node.size,
                             chunk_size=MiB, max_window=self.options.readahead_max * MiB,
                             parallel=self.options.parallel_count,
                             group=8,  # one ranged GET covers up to 8 chunks
@@ -259,12 +263,13 @@ class ObjectReader:
         if not fut.done():
             fut.set_result(data)
 
-    async def _get_range(self, key: str, etag: str | None, start: int, end: int) -> memoryview:
+    async def _get_range(self, key: str, etag: str | None, start: int, end: int,
+                         version: str | None) -> memoryview:
         if self.disk_cache is not None:
             cached = await self.disk_cache.get_range(key, etag, start, end)
             if cached is not None:
                 return memoryview(cached)
-        data = await self.store.get_buffer(key, start, end)
+        data = await self.store.get_buffer(key, start, end, if_match=version)
         if self.disk_cache is not None:
             self.disk_cache.put_range(key, etag, start, data)
         return data

@@ -86,6 +86,9 @@ class SetAttr:
 class FrontEnd(Protocol):
     """What the file system may ask of the front end that serves it."""
 
+    def invalidate_entry(self, parent: int, name: str) -> None:
+        """Drop the kernel's cached name -> inode entry (the next open looks it up)."""
+
     def invalidate_inode(self, ino: int) -> None:
         """Drop the kernel's cached pages and attributes of ino (the object changed)."""
 

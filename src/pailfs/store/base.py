@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable, Mapping, NamedTuple
 
-from pailfs.errors import NotSupported
+from pailfs.errors import NotSupported, PreconditionFailed
 
 # Called with the number of bytes just transferred (for progress bars).
 ProgressFn = Callable[[int], None]
@@ -86,9 +86,14 @@ class ObjectStore(abc.ABC):
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """The object's bytes, or bytes [start, end) of it. A range past the end is clipped."""
 
-    async def get_buffer(self, key: str, start: int | None = None, end: int | None = None) -> memoryview:
+    async def get_buffer(self, key: str, start: int | None = None, end: int | None = None, *,
+                         if_match: str | None = None) -> memoryview:
         """get() as a read-only buffer: a store that receives into its own buffer hands
-        it over instead of copying it into bytes (the read path of large files)."""
+        it over instead of copying it into bytes (the read path of large files).
+        With if_match (an ETag), PreconditionFailed unless the object still has it:
+        the ranges of one read never come from two versions."""
+        if if_match is not None and (await self.head(key)).etag != if_match:
+            raise PreconditionFailed(f"read {self.url}/{key}: the object changed (its ETag is no longer {if_match})")
         return memoryview(await self.get(key, start, end))
 
     @abc.abstractmethod

@@ -40,6 +40,7 @@ RESERVED = ".pailfs-store"
 _SUFFIX = ".meta.json"
 _PAGE = 1000
 _CHUNK = 1024 * 1024
+HASHED_KEPT = 100_000  # entries of LocalStore._hashed before it starts over
 T = TypeVar("T")
 
 
@@ -56,6 +57,9 @@ class LocalStore(ObjectStore):
         self.url = f"file://{self.root}"
         self._meta = self.root / RESERVED / "meta"
         self._tmp = self.root / RESERVED / "tmp"
+        # MD5s of files written by others, by key: (size, mtime_ns, etag). A file is
+        # hashed once per version, not at every HEAD or conditional read of it.
+        self._hashed: dict[str, tuple[int, int, str]] = {}
 
     # --- plumbing ------------------------------------------------------
     async def _run(self, op: str, key: str | None, fn: Callable[..., T], *args: object) -> T:
@@ -123,12 +127,18 @@ class LocalStore(ObjectStore):
         record = self._read_sidecar(key) or {}
         etag = record.get("etag")
         if etag is None or record.get("size") != st.st_size or record.get("mtime_ns") != st.st_mtime_ns:
-            # written by someone else: hash it now
-            h = hashlib.md5()
-            with open(path, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    h.update(chunk)
-            etag = _quoted_md5(h)
+            known = self._hashed.get(key)
+            if known is not None and known[:2] == (st.st_size, st.st_mtime_ns):
+                etag = known[2]
+            else:  # written by someone else: hash it now
+                h = hashlib.md5()
+                with open(path, "rb") as f:
+                    while chunk := f.read(_CHUNK):
+                        h.update(chunk)
+                etag = _quoted_md5(h)
+                if len(self._hashed) >= HASHED_KEPT:
+                    self._hashed.clear()
+                self._hashed[key] = (st.st_size, st.st_mtime_ns, etag)
         if not with_metadata:
             return ObjectInfo(key, st.st_size, st.st_mtime, etag)
         return ObjectInfo(key, st.st_size, st.st_mtime, etag, dict(record.get("metadata") or {}),

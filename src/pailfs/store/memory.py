@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import AsyncIterator, Callable, Mapping
 
-from pailfs.errors import NotFound, StoreError
+from pailfs.errors import NotFound, PreconditionFailed, StoreError
 from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn, Upload
 
 _PAGE = 1000
@@ -82,6 +82,13 @@ class MemoryStore(ObjectStore):
         data = data[start or 0:end if end is not None else info.size]
         self.stats.bytes_down += len(data)
         return data
+
+    async def get_buffer(self, key: str, start: int | None = None, end: int | None = None, *,
+                         if_match: str | None = None) -> memoryview:
+        if if_match is not None and self._info(key).etag != if_match:
+            self._enter("get")
+            raise PreconditionFailed(f"read {self.url}/{key}: the object changed (its ETag is no longer {if_match})")
+        return memoryview(await self.get(key, start, end))
 
     async def list_pages(self, prefix: str = "", delimiter: str | None = None,
                          page_size: int = _PAGE) -> AsyncIterator[Listing]:

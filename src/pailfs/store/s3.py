@@ -226,10 +226,12 @@ class S3Store(ObjectStore):
         data = await self._get(key, start, end)
         return data if isinstance(data, bytes) else bytes(data)
 
-    async def get_buffer(self, key: str, start: int | None = None, end: int | None = None) -> memoryview:
-        return memoryview(await self._get(key, start, end))
+    async def get_buffer(self, key: str, start: int | None = None, end: int | None = None, *,
+                         if_match: str | None = None) -> memoryview:
+        return memoryview(await self._get(key, start, end, if_match))
 
-    async def _get(self, key: str, start: int | None, end: int | None) -> "bytes | obstore.Bytes":
+    async def _get(self, key: str, start: int | None, end: int | None,
+                   if_match: str | None = None) -> "bytes | obstore.Bytes":
         """bytes, or obstore's Bytes (a buffer owned by Rust: no copy into Python)."""
         lo = start or 0
         if end is not None and end <= lo:
@@ -239,11 +241,16 @@ class S3Store(ObjectStore):
             headers = {}
             if start is not None or end is not None:
                 headers["range"] = f"bytes={lo}-" + (str(end - 1) if end is not None else "")
+            if if_match is not None:
+                headers["if-match"] = if_match
             resp = await self._api_call("GET", full, "read", key, headers=headers, ok=(200, 206, 416))
             data = b"" if resp.status_code == 416 else resp.content
             self._count("get", down=len(data))
             return data
         async def fetch() -> "bytes | obstore.Bytes":
+            if if_match is not None:
+                options: dict = {"if_match": if_match, "range": (lo, end) if end is not None else {"offset": lo}}
+                return await (await obstore.get_async(self._obs, full, options=options)).bytes_async()
             if end is not None:  # one await, not two: the read path's common case
                 return await obstore.get_range_async(self._obs, full, start=lo, end=end)
             result = await obstore.get_async(self._obs, full, options={"range": {"offset": lo}} if start else None)
