@@ -261,6 +261,19 @@ def test_a_large_file_replaced_mid_read_fails_never_mixing_two_versions(mode, bu
         assert read_file(mnt / "shards/s0.bin") == new
 
 
+def test_a_large_file_replaced_before_its_first_read_reads_as_the_new_object(bucket, s3_env, tmp_path):
+    """The data set was uploaded again while the mount was up (it listed the old
+    version): nothing of the old one was read, so the first read is simply the new
+    object, not ESTALE."""
+    old, new = os.urandom(24 << 20), os.urandom(24 << 20)
+    put_objects(f"s3://{bucket}", {"shards/s1.bin": old})
+    with mounted(bucket, tmp_path / "m", RO + ",readahead_max=4,kernel_readahead=1") as mnt:
+        assert os.stat(mnt / "shards/s1.bin").st_size == len(old)  # listed: the old version's ETag
+        put_objects(f"s3://{bucket}", {"shards/s1.bin": new})
+        assert read_file(mnt / "shards/s1.bin") == new
+        assert read_file(mnt / "shards/s1.bin") == new
+
+
 def test_small_objects_live_in_the_page_cache_not_twice(bucket, s3_env, tmp_path):
     """#20.4: with kernel_cache a small object read to its end is dropped from
     pailfs's memory (the kernel keeps the pages across opens); a second epoch is

@@ -62,6 +62,7 @@ class ObjectFileSystem:
         self.kernel_readahead = self.reader.kernel_readahead
         self._front_end: FrontEnd | None = None
         self._replaced: set[int] = set()  # inodes of objects replaced while read: ESTALE
+        self._deciding: dict[int, asyncio.Future[bool]] = {}  # _object_replaced in progress
         self.started = time.time()
 
     def attach(self, loop: asyncio.AbstractEventLoop, front_end: FrontEnd | None = None) -> None:
@@ -142,27 +143,45 @@ class ObjectFileSystem:
 
     async def _object_replaced(self, node: Node) -> bool:
         """A conditional range GET of node failed: the object was replaced (or deleted)
-        while it was being read. The inode keeps meaning the version it was read as
-        (NFS's stale handle): its reads fail from now on, never mixing two versions;
-        the name gets a new inode for the object as it is now, and the kernel forgets
-        its cached entry, so the next open sees that. False if the store merely refused
-        the very ETag it lists (conditional reads are then turned off)."""
+        since the mount learned its version. If some of the old version was read, the
+        inode keeps meaning that version (NFS's stale handle): its reads fail from now
+        on, never mixing two versions; the name gets a new inode for the object as it
+        is now and the kernel forgets its cached entry, so the next open sees that.
+        Returns False when the read may simply go on: nothing was read yet (the file is
+        the new object now), or the store refused the very ETag it lists (conditional
+        reads are then turned off)."""
         if node.ino in self._replaced:
-            return True  # another READ of it (the kernel's readahead sends several) got here first
-        self._replaced.add(node.ino)
+            return True
+        deciding = self._deciding.get(node.ino)
+        if deciding is not None:  # the kernel's readahead sends several READs: one decides
+            return await asyncio.shield(deciding)
+        deciding = self._deciding[node.ino] = asyncio.get_running_loop().create_future()
+        try:
+            stale = await self._decide_replaced(node)
+            deciding.set_result(stale)
+            return stale
+        finally:
+            del self._deciding[node.ino]
+
+    async def _decide_replaced(self, node: Node) -> bool:
         try:
             async with self.namespace.meta_sem:
                 info = await self.store.head(node.key())
         except errors.NotFound:
             info = None
         except errors.StoreError:
-            return True  # stale all the same; the name is looked up again after its timeout
+            self._replaced.add(node.ino)  # stale all the same; the name is looked up again later
+            return True
         if info is not None and compact_etag(info.etag) == node.etag:
             log.warning("%s answers 412 to If-Match with the ETag it lists; large files are read without it "
                         "(a reader may then see two versions of an object replaced mid-read)", self.store.url)
-            self._replaced.discard(node.ino)
             self.reader.conditional = False
             return False
+        if info is not None and not self.reader.handed_out(node.ino):
+            self.namespace.set_attrs(node, info)  # drops what pailfs and the kernel hold of it
+            self.namespace.stat_cache.admit(node)
+            return False
+        self._replaced.add(node.ino)
         self.reader.discard(node.ino)
         parent, name = node.parent, node.name
         self.namespace.replace(node, info)

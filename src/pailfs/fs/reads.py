@@ -106,6 +106,7 @@ class ObjectReader:
         # ranged GETs carry If-Match: the version read so far (off if the store answers
         # 412 to the ETag it lists itself)
         self.conditional = True
+        self._served: set[int] = set()  # large files some read was answered for (handed_out)
         self._prefetchers: dict[int, Prefetcher] = {}
         self.disk_cache = (DiskCache(options.use_cache, options.max_cache_size * MiB)
                            if options.use_cache else None)
@@ -148,7 +149,10 @@ class ObjectReader:
             return data[offset:offset + size]
         pf = self._prefetchers.get(ino)
         if pf is not None:
-            return pf.cached(offset, size)
+            data = pf.cached(offset, size)
+            if data is not None:
+                self._served.add(ino)
+            return data
         return None
 
     # ------------------------------------------------------------------ cold path
@@ -169,7 +173,13 @@ class ObjectReader:
             if offset + size >= len(data):
                 self._done_reading(node.ino)
             return data[offset:offset + size]
-        return await self._prefetcher(node).read(offset, size)
+        data = await self._prefetcher(node).read(offset, size)
+        self._served.add(node.ino)
+        return data
+
+    def handed_out(self, ino: int) -> bool:
+        """Some read of this large file was answered since it last changed."""
+        return ino in self._served
 
     def _prefetcher(self, node: Node) -> Prefetcher:
         pf = self._prefetchers.pop(node.ino, None)
@@ -481,6 +491,7 @@ class ObjectReader:
         data = self.memory.get(ino) if where is not None else None
         self.memory.discard(ino)
         self._in_kernel.discard(ino)
+        self._served.discard(ino)
         self._whole.pop(ino, None)  # a fetch in flight keeps its bytes to itself
         if where is not None:
             scan, i, etag = where
