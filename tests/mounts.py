@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import subprocess
 import sys
 import time
@@ -134,16 +133,29 @@ def list_keys(url: str, prefix: str = "") -> list[str]:
     return asyncio.run(run())
 
 
+def list_uploads(url: str, prefix: str = "") -> list[tuple[str, str]]:
+    """(key, upload id) of the incomplete multipart uploads under prefix, sorted."""
+    from pailfs.store import open_store
+
+    async def run() -> list[tuple[str, str]]:
+        store = open_store(url)
+        try:
+            return sorted([(up.key, up.upload_id) async for up in store.list_uploads(prefix)])
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
 def uploads_in_progress(url: str, bucket: str, key: str) -> dict[str, int]:
     """upload id -> parts uploaded so far, of the multipart uploads of key (S3 API)."""
     from pailfs.store import open_store
 
+    ids = [upload_id for k, upload_id in list_uploads(url, key) if k == key]
+
     async def run() -> dict[str, int]:
         store = open_store(url)
         try:
-            listing = await store.api.request("GET", bucket, query={"uploads": ""})
-            ids = [m for k, m in re.findall(r"<Key>([^<]*)</Key>\s*<UploadId>([^<]*)</UploadId>", listing.text)
-                   if k == key]
             out = {}
             for upload_id in ids:
                 parts = await store.api.request("GET", bucket, key, query={"uploadId": upload_id})

@@ -392,13 +392,8 @@ def _store(bucket: str):
 
 
 def _uploads(bucket: str, prefix: str = "") -> list[tuple[str, str]]:
-    async def listed():
-        store = _store(bucket)
-        try:
-            return sorted([(up.key, up.upload_id) async for up in store.list_uploads(prefix)])
-        finally:
-            await store.close()
-    return asyncio.run(listed())
+    from mounts import list_uploads
+    return list_uploads(f"s3://{bucket}", prefix)
 
 
 def _begin_upload(bucket: str, key: str) -> str:

@@ -9,6 +9,7 @@ its subclasses (NotFound, NoSuchBucket, AccessDenied, StoreUnavailable).
 from __future__ import annotations
 
 import abc
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +188,12 @@ class ObjectStore(abc.ABC):
         never completed (S3: multipart uploads whose key passes `select`; a local
         directory: its temp files), freeing what they hold. Returns how many.
         A store without resumable uploads has none."""
-        return 0
+        cutoff = time.time() - older_than
+        stale = [up async for up in self.list_uploads(prefix)
+                 if up.initiated and up.initiated <= cutoff and (select is None or select(up.key))]
+        for up in stale:
+            await self.abort_multipart(up.key, up.upload_id)
+        return len(stale)
 
     async def create_bucket(self) -> None:
         """Create the bucket (directory) this store is on; StoreError if it exists."""

@@ -18,7 +18,7 @@ import hashlib
 import time
 import uuid
 from pathlib import Path
-from typing import AsyncIterator, Callable, Mapping
+from typing import AsyncIterator, Mapping
 
 from pailfs.errors import NotFound, PreconditionFailed, StoreError
 from pailfs.store.base import Listing, ObjectInfo, ObjectStore, ProgressFn, Upload
@@ -195,15 +195,6 @@ class MemoryStore(ObjectStore):
         for uid, (key, _, _, started, _) in sorted(self._uploads.items(), key=lambda item: item[1][0]):
             if key.startswith(prefix):
                 yield Upload(key, uid, started)
-
-    async def abort_stale_uploads(self, older_than: float, prefix: str = "",
-                                  select: Callable[[str], bool] | None = None) -> int:
-        cutoff = time.time() - older_than
-        stale = [uid for uid, (key, _, _, started, _) in self._uploads.items()
-                 if started < cutoff and key.startswith(prefix) and (select is None or select(key))]
-        for uid in stale:
-            del self._uploads[uid]
-        return len(stale)
 
     async def create_bucket(self) -> None:
         """A memory store is its own bucket, there from the start."""
